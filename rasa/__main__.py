@@ -1,0 +1,5 @@
+import sys
+
+from rasa.cli import main
+
+sys.exit(main())

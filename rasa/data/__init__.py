@@ -1,0 +1,2 @@
+"""Data layer: SynthPEDES, raw-format parsers, the canonical annotation table, caption
+cleaning, tokenizers and the token cache, downloads, and the training dataset."""
