@@ -1,0 +1,214 @@
+"""Token cache: every caption of an annotation table tokenized once (paper §4, max 50 tokens).
+
+``build_cache(annotations, spec, out)`` cleans and tokenizes all captions (all splits, flat
+caption order of :meth:`Annotations.captions`: row ``i`` is caption ``i``) and writes an
+``.npz`` holding
+
+- ``ids``  int32 ``(N, max_len)``: ``[CLS] word-pieces [SEP] [PAD]...`` (no ``[SEP]`` with
+  ``add_sep=False``, the official ALBEF/RaSa layout);
+- ``mask`` uint8 ``(N, max_len)``: 1 on real tokens;
+- ``meta`` a JSON string: spec, key, vocab_size, special ids, add_sep, max_len, the number of
+  captions, a hash of the captions, and ``tokenizer_json`` (``Tokenizer.to_str()``) so the exact
+  tokenizer is rebuilt with ``Tokenizer.from_str``.
+
+The cache is keyed by a sha256 over the spec, the tokenizer JSON, ``max_len``, ``add_sep`` and
+every caption (raw and cleaned) in order: a fresh cache with the same key is reused as is, and a
+changed tokenizer, caption or cleaning rule rebuilds it. Training then indexes rows instead of
+re-tokenizing every caption every epoch (``scripts/bench_tokens.py`` measures the gain).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from rasa.data.annotations import Annotations
+from rasa.data.text import clean_caption
+from rasa.data.tokenizer import encode_captions, get_tokenizer, special_ids
+from rasa.errors import DataError
+from rasa.io import atomic_open
+
+CACHE_FORMAT = 1
+
+
+def captions_sha256(captions: Iterable[str]) -> str:
+    """sha256 of captions in order (each JSON-encoded on its own line: unambiguous)."""
+    h = hashlib.sha256()
+    for cap in captions:
+        h.update(json.dumps(cap, ensure_ascii=False).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def cache_key(
+    spec: str, tokenizer_json: str, max_len: int, add_sep: bool, captions: list[str]
+) -> str:
+    """The cache key: what the rows depend on, hashed."""
+    h = hashlib.sha256()
+    head = {
+        "format": CACHE_FORMAT,
+        "spec": spec,
+        "max_len": int(max_len),
+        "add_sep": bool(add_sep),
+        "tokenizer_sha256": hashlib.sha256(tokenizer_json.encode("utf-8")).hexdigest(),
+        "captions_sha256": captions_sha256(captions),
+        "cleaned_sha256": captions_sha256(clean_caption(c) for c in captions),
+    }
+    h.update(json.dumps(head, sort_keys=True).encode("utf-8"))
+    return h.hexdigest()
+
+
+@dataclass
+class TokenCache:
+    """Token ids and masks of every caption, row ``i`` = flat caption ``i``."""
+
+    ids: np.ndarray  # int32 (N, max_len)
+    mask: np.ndarray  # uint8 (N, max_len)
+    meta: dict
+    path: Path | None = None
+    _tokenizer: Tokenizer | None = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def max_len(self) -> int:
+        return int(self.meta["max_len"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.meta["pad_id"])
+
+    @property
+    def cls_id(self) -> int:
+        return int(self.meta["cls_id"])
+
+    @property
+    def sep_id(self) -> int:
+        return int(self.meta["sep_id"])
+
+    @property
+    def mask_id(self) -> int:
+        return int(self.meta["mask_id"])
+
+    @property
+    def unk_id(self) -> int:
+        return int(self.meta["unk_id"])
+
+    def tokenizer(self) -> Tokenizer:
+        """The exact tokenizer that wrote the cache (layout, truncation and padding included)."""
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer.from_str(self.meta["tokenizer_json"])
+        return self._tokenizer
+
+    def decode(self, row: int, skip_special_tokens: bool = True) -> str:
+        """The text of cache row ``row`` (the cleaned caption, up to truncation)."""
+        n = int(self.mask[row].sum())
+        return self.tokenizer().decode(
+            self.ids[row, :n].tolist(), skip_special_tokens=skip_special_tokens
+        )
+
+    def check_matches(self, annotations: Annotations, where: object = "annotations") -> None:
+        """Raise :class:`DataError` unless the cache was built from these captions."""
+        caps = [c for _, _, c in annotations.captions()]
+        if len(caps) != len(self) or captions_sha256(caps) != self.meta.get("captions_sha256"):
+            raise DataError(
+                f"token cache {self.path or '(in memory)'} was built from other captions than "
+                f"{where} ({len(self)} rows, the table has {len(caps)} captions); rebuild it "
+                "with `rasa data tokenize`."
+            )
+
+
+def load_cache(path: str | os.PathLike) -> TokenCache:
+    """Read a token cache written by :func:`build_cache` (no pickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: token cache not found; build it with `rasa data tokenize`.")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            ids = np.ascontiguousarray(z["ids"], dtype=np.int32)
+            mask = np.ascontiguousarray(z["mask"], dtype=np.uint8)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(
+            f"{path}: not a readable token cache (expected an .npz with ids, mask, meta; {exc}); "
+            "rebuild it with `rasa data tokenize`."
+        ) from exc
+    if meta.get("format") != CACHE_FORMAT or ids.shape != mask.shape or ids.ndim != 2:
+        raise DataError(
+            f"{path}: token cache format {meta.get('format')!r} or shapes {ids.shape}/"
+            f"{mask.shape} not understood (expected format {CACHE_FORMAT}, equal 2-D ids and "
+            "mask); rebuild it with `rasa data tokenize`."
+        )
+    return TokenCache(ids=ids, mask=mask, meta=meta, path=path)
+
+
+def _stored_key(path: Path) -> str | None:
+    """The key of an existing cache, or None when absent or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["meta"])).get("key")
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def build_cache(
+    annotations_path: str | os.PathLike,
+    spec: str,
+    out: str | os.PathLike,
+    max_len: int = 50,
+    add_sep: bool = True,
+    progress: bool = True,
+) -> TokenCache:
+    """Tokenize every caption of ``annotations_path`` with ``spec`` into the cache ``out``.
+
+    A cache at ``out`` with the same key is left untouched ("up to date"); otherwise it is
+    (re)written atomically. Returns the cache.
+    """
+    annotations = Annotations.load(annotations_path)
+    out = Path(out)
+    tok = get_tokenizer(spec, annotations, add_sep=add_sep, max_len=max_len)
+    tokenizer_json = tok.to_str()
+    captions = [c for _, _, c in annotations.captions()]
+    key = cache_key(spec, tokenizer_json, max_len, add_sep, captions)
+    if _stored_key(out) == key:
+        print(f"{out}: up to date ({len(captions)} captions, key {key[:12]})")
+        return load_cache(out)
+
+    ids, mask = encode_captions(tok, captions, progress=progress)
+    meta = {
+        "format": CACHE_FORMAT,
+        "spec": spec,
+        "key": key,
+        "vocab_size": int(tok.get_vocab_size(with_added_tokens=True)),
+        **special_ids(tok),
+        "add_sep": bool(add_sep),
+        "max_len": int(max_len),
+        "num_captions": len(captions),
+        "captions_sha256": captions_sha256(captions),
+        "dataset": annotations.dataset,
+        "at_max_len": int((mask.sum(1) == max_len).sum()),
+        "tokenizer_json": tokenizer_json,
+    }
+    with atomic_open(out, "wb") as fh:  # a file object: np.savez adds no ".npz" suffix
+        np.savez(fh, ids=ids, mask=mask, meta=np.array(json.dumps(meta, sort_keys=True)))
+    lengths = mask.sum(1)
+    print(
+        f"{out}: {len(captions)} captions, vocab {meta['vocab_size']}, tokens/caption mean "
+        f"{lengths.mean() if len(lengths) else 0:.1f} max {lengths.max() if len(lengths) else 0}"
+        f" (max_len {max_len}, {meta["at_max_len"]} at the limit), key {key[:12]}"
+    )
+    return TokenCache(ids=ids, mask=mask, meta=meta, path=out, _tokenizer=tok)
