@@ -209,6 +209,6 @@ def build_cache(
     print(
         f"{out}: {len(captions)} captions, vocab {meta['vocab_size']}, tokens/caption mean "
         f"{lengths.mean() if len(lengths) else 0:.1f} max {lengths.max() if len(lengths) else 0}"
-        f" (max_len {max_len}, {meta["at_max_len"]} at the limit), key {key[:12]}"
+        f" (max_len {max_len}, {meta['at_max_len']} at the limit), key {key[:12]}"
     )
     return TokenCache(ids=ids, mask=mask, meta=meta, path=out, _tokenizer=tok)
