@@ -1,0 +1,174 @@
+"""Retrieval metrics for text-based person search: R@1/5/10, mAP, mINP (paper §4.1, Tables 1-3).
+
+Every function takes a score matrix ``scores[Q, G]`` (higher = better; one row per query, one
+column per gallery item), the person id of every query ``query_pids[Q]`` and of every gallery
+item ``gallery_pids[G]``. A gallery item is *correct* for a query when the person ids are equal
+(for Flickr30K/COCO the "person id" is the image id, so exactly the paired image is correct).
+
+Definitions (all in percent, averaged over queries):
+
+- ``r1``, ``r5``, ``r10`` (Rank-K / Recall@K): share of queries with at least one correct item
+  among the first K of the ranking; a K beyond the gallery size means the whole list.
+- ``mAP``: average precision over the *whole* ranking, ``AP = mean over correct items of
+  (correct items up to its rank) / (its rank)``, averaged over queries (the official RaSa
+  ``itm_eval``).
+- ``mINP`` (IRRA's definition; the official RaSa code has none): ``INP = (number of correct
+  items) / (rank of the last correct item)``, averaged over queries.
+- ``r_mean = (r1 + r5 + r10) / 3``.
+
+A query with no correct item in the gallery counts as a miss at every K and has AP = INP = 0
+(the official code would divide by zero); ``num_queries_without_match`` reports how many.
+
+Tie-breaking is deterministic: a stable sort by descending score, equal scores ranked by
+gallery index ascending. Ties are common in the official two-stage layout, where every item
+outside the top k gets the constant score -100.
+
+Memory is bounded: queries are processed in chunks of ``chunk_rows`` rows, so at most
+``chunk_rows x G`` entries of the sorted index/boolean matrices exist at once (at most about
+``32 bytes x chunk_rows x G``). The default keeps a chunk near ``2**22`` entries (~130 MB), so
+ICFG-PEDES test (19,848 x 19,848 = 394 M scores) never materialises its argsort.
+Image-to-text retrieval (Flickr30K/COCO) is :func:`retrieval_metrics` on the transpose:
+:func:`image_to_text_metrics`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from rasa.errors import RasaError
+
+METRIC_KEYS = ("r1", "r5", "r10", "mAP", "mINP", "r_mean")
+DEFAULT_CHUNK_ELEMENTS = 2**22
+
+
+def _as_tensor(x: Tensor | Sequence[int], name: str) -> Tensor:
+    t = torch.as_tensor(x)
+    if t.dim() != 1:
+        raise RasaError(f"{name}: expected a 1-D sequence of ids, got shape {tuple(t.shape)}.")
+    return t.long().cpu()
+
+
+def _check(scores: Tensor, query_pids: Tensor, gallery_pids: Tensor) -> None:
+    if scores.dim() != 2:
+        raise RasaError(
+            f"scores: expected a 2-D matrix [queries, gallery], got {tuple(scores.shape)}."
+        )
+    q, g = scores.shape
+    if q != len(query_pids) or g != len(gallery_pids):
+        raise RasaError(
+            f"scores has shape {q} x {g} but there are {len(query_pids)} query ids and "
+            f"{len(gallery_pids)} gallery ids; they must match the rows and columns."
+        )
+    if g == 0 or q == 0:
+        raise RasaError(f"scores is empty ({q} x {g}): no queries or no gallery items to rank.")
+
+
+def default_chunk_rows(num_gallery: int, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
+    """Rows per chunk so that one chunk holds about ``chunk_elements`` scores."""
+    return max(1, chunk_elements // max(1, num_gallery))
+
+
+def sorted_indices(scores: Tensor) -> Tensor:
+    """Gallery indices of each row from best to worst: descending score, ties by index."""
+    if torch.isnan(scores).any():
+        raise RasaError(
+            "scores contain NaN: the model produced invalid outputs (a diverged or corrupt "
+            "checkpoint?); cannot rank the gallery."
+        )
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices
+
+
+def ranked_matches(
+    scores: Tensor,
+    query_pids: Tensor | Sequence[int],
+    gallery_pids: Tensor | Sequence[int],
+    chunk_rows: int | None = None,
+) -> Iterator[Tensor]:
+    """Yield, per chunk of queries, the boolean matrix ``matches[q, r]`` = the item at rank r+1
+    of query q is correct. Chunks follow the query order."""
+    qp, gp = _as_tensor(query_pids, "query_pids"), _as_tensor(gallery_pids, "gallery_pids")
+    _check(scores, qp, gp)
+    rows = chunk_rows or default_chunk_rows(scores.shape[1])
+    gp = gp.to(scores.device)
+    qp = qp.to(scores.device)
+    for start in range(0, scores.shape[0], rows):
+        block = scores[start : start + rows].contiguous()
+        order = sorted_indices(block)
+        yield gp[order] == qp[start : start + rows, None]
+
+
+def _chunk_stats(matches: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per query of a chunk: first-hit rank (0 = none), AP, INP, number of correct items."""
+    g = matches.shape[1]
+    ranks = torch.arange(1, g + 1, device=matches.device, dtype=torch.float32)
+    num_rel = matches.sum(1)
+    has = num_rel > 0
+    # rank of the first and last hit (1-based); 0 where the query has no hit
+    first = torch.where(has, matches.float().argmax(1) + 1, torch.zeros_like(num_rel))
+    last = (matches * ranks).amax(1)
+    cum = matches.cumsum(1, dtype=torch.int32)
+    prec_sum = torch.where(matches, cum / ranks, 0.0).sum(1)
+    denom = num_rel.clamp(min=1).float()
+    ap = torch.where(has, prec_sum / denom, 0.0)
+    inp = torch.where(has, num_rel.float() / last.clamp(min=1), 0.0)
+    return first, ap, inp, num_rel
+
+
+def retrieval_metrics(
+    scores: Tensor,
+    query_pids: Tensor | Sequence[int],
+    gallery_pids: Tensor | Sequence[int],
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_rows: int | None = None,
+) -> dict[str, float | int]:
+    """R@K for each K in ``ks`` (keys ``r1``, ``r5``, ``r10``), mAP, mINP and r_mean, in percent.
+
+    ``r_mean`` averages the R@K values. Also returns ``num_queries``, ``num_gallery`` and
+    ``num_queries_without_match``.
+    """
+    firsts, aps, inps, nrel = [], [], [], []
+    for matches in ranked_matches(scores, query_pids, gallery_pids, chunk_rows):
+        first, ap, inp, num_rel = _chunk_stats(matches)
+        firsts.append(first.cpu())
+        aps.append(ap.double().cpu())
+        inps.append(inp.double().cpu())
+        nrel.append(num_rel.cpu())
+    first = torch.cat(firsts)
+    hit = first > 0
+    out: dict[str, float | int] = {}
+    for k in ks:
+        out[f"r{k}"] = 100.0 * (hit & (first <= k)).double().mean().item()
+    out["mAP"] = 100.0 * torch.cat(aps).mean().item()
+    out["mINP"] = 100.0 * torch.cat(inps).mean().item()
+    out["r_mean"] = sum(out[f"r{k}"] for k in ks) / len(ks)
+    out["num_queries"] = int(scores.shape[0])
+    out["num_gallery"] = int(scores.shape[1])
+    out["num_queries_without_match"] = int((torch.cat(nrel) == 0).sum().item())
+    return out
+
+
+def image_to_text_metrics(
+    scores_t2i: Tensor,
+    text_pids: Tensor | Sequence[int],
+    image_pids: Tensor | Sequence[int],
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_rows: int | None = None,
+) -> dict[str, float | int]:
+    """Image→text retrieval (Flickr30K/COCO) from the text→image score matrix ``[T, I]``."""
+    return retrieval_metrics(scores_t2i.t(), image_pids, text_pids, ks, chunk_rows)
+
+
+def top_indices(scores: Tensor, n: int, chunk_rows: int | None = None) -> Tensor:
+    """The first ``n`` gallery indices of every row's ranking (same tie-breaking as the metrics),
+    as an int64 CPU tensor ``[Q, min(n, G)]``."""
+    if scores.dim() != 2:
+        raise RasaError(f"scores: expected a 2-D matrix, got shape {tuple(scores.shape)}.")
+    n = min(n, scores.shape[1])
+    rows = chunk_rows or default_chunk_rows(scores.shape[1])
+    parts = [
+        sorted_indices(scores[s : s + rows])[:, :n].cpu() for s in range(0, scores.shape[0], rows)
+    ]
+    return torch.cat(parts) if parts else torch.empty(0, n, dtype=torch.long)
