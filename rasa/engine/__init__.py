@@ -1,0 +1,1 @@
+"""Training, evaluation, metrics, checkpointing and distributed helpers."""
