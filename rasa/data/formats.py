@@ -340,17 +340,14 @@ def parse_to_file(
 ) -> Annotations:
     """Parse a raw dataset and write the annotation table to ``out`` (atomically).
 
-    ``image_root`` is stored relative to ``out``'s folder when possible, so moving the data
-    and the annotations together keeps them working; otherwise absolute.
+    ``image_root`` is stored relative to ``out``'s folder when possible (see
+    :func:`portable_image_root`), so moving data and annotations together keeps working.
     """
     out = Path(out)
     if out.is_dir():
         raise DataError(f"{out}: is a folder; expected the annotation file to write (.json).")
     ann = parse_dataset(fmt, root, check_images=check_images)
-    try:
-        ann.image_root = Path(os.path.relpath(ann.image_root, out.parent.resolve())).as_posix()
-    except ValueError:  # another drive (Windows): keep it absolute
-        pass
+    ann.image_root = portable_image_root(ann.image_root, out)
     ann.save(out)
     tqdm.write(f"wrote {out}: {len(ann.records):,} images, {ann.num_captions():,} captions")
     return ann
