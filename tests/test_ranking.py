@@ -125,16 +125,12 @@ def test_restores_training_mode(setup) -> None:
 
 
 def _official_model():
-    models = pytest.importorskip("rasa.models")
-    loader = getattr(models, "load_official", None)
-    if loader is None:
-        pytest.skip("rasa.models.load_official not available yet")
-    return loader(FIXTURE / "checkpoint.pth")
+    loaders = pytest.importorskip("rasa.models.loaders")
+    return loaders.load_official(FIXTURE / "checkpoint.pth")
 
 
 def test_official_fixture_scores_topk() -> None:
     model = _official_model()
-    model = model[0] if isinstance(model, tuple) else model
     inputs = torch.load(FIXTURE / "inputs.pt", weights_only=True)
     outputs = torch.load(FIXTURE / "outputs.pt", weights_only=True)
     cfg = torch.load(FIXTURE / "checkpoint.pth", weights_only=True)["config"]
