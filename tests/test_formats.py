@@ -104,7 +104,7 @@ def test_cuhk_pedes_records_and_source():
     raw = (FIX / "cuhk-pedes" / "reid_raw.json").read_bytes()
     assert src["file"] == "reid_raw.json" and src["sha256"] == hashlib.sha256(raw).hexdigest()
     assert src["warnings"] == {"empty_captions_dropped": 1}
-    assert any("record 2" in n for n in src["notes"])
+    assert "reid_raw.json, record 2" in src["warning_details"]["empty_captions_dropped"]
     assert src["split_generated"] is False
     assert src["stats"] == {
         "train": {"ids": 4, "images": 5, "captions": 8},

@@ -14,8 +14,8 @@ captions}`` → ICFG-PEDES when every entry has one caption and only train/test 
 CUHK-PEDES; an object with an ``images`` list of ``{sentences}`` → Karpathy.
 
 Validation — an error (:class:`~rasa.errors.DataError`, naming file, record, key and what was
-expected) stops the parse when the data cannot be trusted; a counted warning (printed, and in
-``source["warnings"]``) lets the parse continue when a user would rather go on:
+expected) stops the parse when the data cannot be trusted; a counted warning (printed, counts in
+``source["warnings"]``, first place in ``source["warning_details"]``) lets the parse continue when a user would rather go on:
 
 * error: file missing, not JSON, wrong top-level type; a record not an object; a key missing
   or of the wrong type (``id``/``imgid`` must be integers, ``captions`` a list of strings,
@@ -317,6 +317,8 @@ def parse_dataset(
     ann.source["paper_mismatches"] = mismatches
     for note in ann.source.get("notes", []):
         log(f"note: {note}")
+    for detail in ann.source.get("warning_details", {}).values():
+        log(f"warning: {detail}")
     log(table)
     return ann
 

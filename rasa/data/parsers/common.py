@@ -214,8 +214,9 @@ class Collector:
         source = dict(source)
         source["image_key"] = self.image_key
         source["warnings"] = dict(sorted(self.warnings.items()))
-        source["notes"] = list(self.notes) + [
-            f"{n} {WARNING_TEXT.get(k, k)} (first at {self.first_warning[k]})"
+        source["warning_details"] = {
+            k: f"{n} {WARNING_TEXT.get(k, k)} (first at {self.first_warning[k]})"
             for k, n in sorted(self.warnings.items())
-        ]
+        }
+        source["notes"] = list(self.notes)
         return Annotations(dataset, str(image_root.resolve()), self.records, source)
