@@ -1,0 +1,242 @@
+"""BERT-layout text encoder and cross-modal (fusion) encoder (paper §3.1, ALBEF's xbert).
+
+One stack of ``num_layers`` post-LayerNorm BERT layers with HF parameter names
+(``embeddings.*``, ``encoder.layer.N.{attention,crossattention,intermediate,output}``):
+
+* layers ``< fusion_layer`` form the unimodal text encoder (self-attention only);
+* layers ``>= fusion_layer`` form the cross-modal encoder: self-attention over the caption,
+  then cross-attention whose queries are the text tokens and whose keys/values are projections
+  of the image tokens (input width ``encoder_width`` = the ViT width).
+
+Attention runs through ``torch.nn.functional.scaled_dot_product_attention``; padding is a
+boolean key mask (the official additive -10000 gives identical float32 results). The image
+keys/values of every fusion layer can be computed once per image (:meth:`TextEncoder.
+precompute_kv`) and reused for every caption paired with it, which is what evaluation does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rasa.models.config import ModelConfig
+
+# Per fusion layer: (keys, values), each [N_images, heads, M, head_dim].
+ImageKV = list[tuple[Tensor, Tensor]]
+
+
+def attention_mask(mask: Tensor | None) -> Tensor | None:
+    """[B, L] padding mask (1/True = token) -> SDPA boolean mask [B, 1, 1, L], or None if full."""
+    if mask is None:
+        return None
+    mask = mask.bool()
+    if bool(mask.all()):
+        return None
+    return mask[:, None, None, :]
+
+
+class BertEmbeddings(nn.Module):
+    """Word + position + token-type-0 embeddings, LayerNorm, dropout."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(
+            cfg.vocab_size, cfg.text_width, padding_idx=cfg.pad_token_id
+        )
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.text_width)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.text_width)
+        self.LayerNorm = nn.LayerNorm(cfg.text_width, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def forward(self, ids: Tensor) -> Tensor:  # [B, L] -> [B, L, D]
+        length = ids.shape[1]
+        x = self.word_embeddings(ids)
+        x = x + self.position_embeddings.weight[:length]
+        x = x + self.token_type_embeddings.weight[0]
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head attention; ``kv_width`` != D for cross-attention to image tokens."""
+
+    def __init__(self, cfg: ModelConfig, kv_width: int | None = None) -> None:
+        super().__init__()
+        width = cfg.text_width
+        self.heads = cfg.text_heads
+        self.head_dim = width // cfg.text_heads
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(kv_width or width, width)
+        self.value = nn.Linear(kv_width or width, width)
+        self.dropout_p = cfg.attention_dropout
+
+    def _split(self, x: Tensor) -> Tensor:  # [B, L, D] -> [B, h, L, d]
+        b, n, _ = x.shape
+        return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
+
+    def project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of ``context`` [B, M, Dk] -> two [B, h, M, d]."""
+        return self._split(self.key(context)), self._split(self.value(context))
+
+    def forward(
+        self,
+        hidden: Tensor,
+        mask: Tensor | None = None,
+        context: Tensor | None = None,
+        kv: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        q = self._split(self.query(hidden))
+        if kv is None:
+            k, v = self.project_kv(hidden if context is None else context)
+        else:
+            k, v = kv
+            if k.shape[0] != q.shape[0]:
+                k, v = k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1)
+        dropout = self.dropout_p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        b, _, n, _ = out.shape
+        return out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
+
+
+class BertSelfOutput(nn.Module):
+    """dense -> dropout -> LayerNorm(x + residual); also BERT's ``output`` after the MLP."""
+
+    def __init__(self, in_width: int, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(in_width, cfg.text_width)
+        self.LayerNorm = nn.LayerNorm(cfg.text_width, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, kv_width: int | None = None) -> None:
+        super().__init__()
+        self.self = BertSelfAttention(cfg, kv_width)
+        self.output = BertSelfOutput(cfg.text_width, cfg)
+
+    def forward(self, hidden: Tensor, mask: Tensor | None = None, **kw) -> Tensor:
+        return self.output(self.self(hidden, mask, **kw), hidden)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(cfg.text_width, cfg.text_intermediate)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.gelu(self.dense(x))
+
+
+class BertLayer(nn.Module):
+    """Self-attention (+ cross-attention to image tokens in fusion layers) + MLP."""
+
+    def __init__(self, cfg: ModelConfig, cross: bool) -> None:
+        super().__init__()
+        self.attention = BertAttention(cfg)
+        self.crossattention = BertAttention(cfg, kv_width=cfg.encoder_width) if cross else None
+        self.intermediate = BertIntermediate(cfg)
+        self.output = BertSelfOutput(cfg.text_intermediate, cfg)
+
+    def forward(
+        self,
+        hidden: Tensor,
+        mask: Tensor | None,
+        image_tokens: Tensor | None = None,
+        image_kv: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        x = self.attention(hidden, mask)
+        if self.crossattention is not None:
+            x = self.crossattention(x, None, context=image_tokens, kv=image_kv)
+        return self.output(self.intermediate(x), x)
+
+
+class BertStack(nn.Module):
+    """``encoder.layer`` container (keeps HF key names)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(
+            BertLayer(cfg, cross=i >= cfg.fusion_layer) for i in range(cfg.num_layers)
+        )
+
+
+class TextEncoder(nn.Module):
+    """BERT embeddings + text layers + fusion layers (ALBEF's ``text_encoder.bert``)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.fusion_layer = cfg.fusion_layer
+        self.embeddings = BertEmbeddings(cfg)
+        self.encoder = BertStack(cfg)
+
+    @property
+    def fusion_layers(self) -> list[BertLayer]:
+        return list(self.encoder.layer[self.fusion_layer :])
+
+    def forward_text(self, ids: Tensor, mask: Tensor | None) -> Tensor:
+        """Unimodal text encoder: [B, L] ids -> [B, L, D]."""
+        m = attention_mask(mask)
+        x = self.embeddings(ids)
+        for layer in self.encoder.layer[: self.fusion_layer]:
+            x = layer(x, m)
+        return x
+
+    def forward_fusion(
+        self,
+        hidden: Tensor,
+        mask: Tensor | None,
+        image_tokens: Tensor | None = None,
+        image_kv: ImageKV | None = None,
+    ) -> Tensor:
+        """Cross-modal encoder: text tokens [B, L, D] attend image tokens [B, M, Dv]."""
+        if (image_tokens is None) == (image_kv is None):
+            raise ValueError("forward_fusion needs exactly one of image_tokens and image_kv")
+        layers = self.fusion_layers
+        if image_kv is not None and len(image_kv) != len(layers):
+            raise ValueError(f"image_kv has {len(image_kv)} layers, expected {len(layers)}")
+        m = attention_mask(mask)
+        for i, layer in enumerate(layers):
+            kv = None if image_kv is None else image_kv[i]
+            hidden = layer(hidden, m, image_tokens=image_tokens, image_kv=kv)
+        return hidden
+
+    def precompute_kv(self, image_tokens: Tensor) -> ImageKV:
+        """Cross-attention (K, V) of every fusion layer for image tokens [N, M, Dv]."""
+        return [layer.crossattention.self.project_kv(image_tokens) for layer in self.fusion_layers]
+
+
+class MLMHead(nn.Module):
+    """BERT ``cls.predictions``: dense -> GELU -> LayerNorm -> decoder tied to word embeddings."""
+
+    def __init__(self, cfg: ModelConfig, word_embeddings: nn.Embedding) -> None:
+        super().__init__()
+        self.transform = nn.Module()
+        self.transform.dense = nn.Linear(cfg.text_width, cfg.text_width)
+        self.transform.LayerNorm = nn.LayerNorm(cfg.text_width, eps=cfg.layer_norm_eps)
+        self.decoder = nn.Linear(cfg.text_width, cfg.vocab_size)
+        self.decoder.weight = word_embeddings.weight  # tied, as in BERT
+        nn.init.zeros_(self.decoder.bias)
+
+    def forward(self, hidden: Tensor) -> Tensor:  # [..., D] -> [..., V]
+        t = self.transform
+        return self.decoder(t.LayerNorm(F.gelu(t.dense(hidden))))
+
+
+def init_bert_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialisation with a configurable std (normal weights, zero bias, unit LN)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=std)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

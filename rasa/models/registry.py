@@ -1,0 +1,157 @@
+"""Backbone registry (timm style): ``@register_model`` builders, ``create_model``, ``list_models``.
+
+Backbones (DESIGN.md "Model", paper §4.1 and Table 8):
+
+* ``tiny``    from scratch, small enough to train on a CPU in minutes;
+* ``minilm``  BERT side initialised from all-MiniLM-L6-v2 (shipped by a pip package, offline);
+* ``albef`` / ``tcl``  ViT-B/16 + BERT-base (6 text + 6 fusion layers) at 384x384, weights
+  from a local ALBEF / TCL checkpoint (``pretrained=path``); random init without one;
+* ``official`` an official RaSa checkpoint (``pretrained=path``, sizes read from it).
+
+``pretrained`` may also name a checkpoint of ours (``{'model': state_dict}``) for any backbone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rasa.errors import ConfigError
+from rasa.models.config import ModelConfig
+from rasa.models.loaders.common import load_into, read_checkpoint
+from rasa.models.rasa_model import RaSaModel
+
+Builder = Callable[..., RaSaModel]
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register_model(fn: Builder) -> Builder:
+    """Register ``fn(pretrained=None, **overrides) -> RaSaModel`` under its function name."""
+    name = fn.__name__
+    if name in _REGISTRY:
+        raise ConfigError(f"Backbone {name!r} is registered twice.")
+    _REGISTRY[name] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(
+    name: str, pretrained: str | Path | bool | None = None, **overrides: Any
+) -> RaSaModel:
+    """Build backbone ``name``; ``overrides`` replace :class:`ModelConfig` fields."""
+    if name not in _REGISTRY:
+        raise ConfigError(
+            f"Unknown backbone {name!r}; known backbones: {', '.join(list_models())}."
+        )
+    return _REGISTRY[name](pretrained=pretrained, **overrides)
+
+
+def load_ours(model: RaSaModel, path: str | Path) -> RaSaModel:
+    """Strictly load one of our checkpoints (``{'model': sd}`` or a bare state dict)."""
+    sd, _ = read_checkpoint(path)
+    model.load_report = load_into(model, sd, str(path))
+    return model
+
+
+def _build(config: ModelConfig, pretrained: Any, overrides: dict[str, Any]) -> RaSaModel:
+    model = RaSaModel(config.replace(**overrides))
+    if pretrained:
+        load_ours(model, pretrained)
+    return model
+
+
+# ---------------------------------------------------------------------------- backbones
+TINY = ModelConfig(
+    name="tiny",
+    image_size=(128, 64),
+    patch_size=16,
+    vision_width=128,
+    vision_depth=4,
+    vision_mlp_dim=512,
+    text_width=128,
+    text_heads=2,
+    text_intermediate=512,
+    num_layers=4,
+    fusion_layer=2,
+    max_position_embeddings=128,
+    embed_dim=128,
+    queue_size=1024,
+    init_std=0.1,
+)
+
+MINILM = ModelConfig(
+    name="minilm",
+    image_size=(128, 64),
+    patch_size=16,
+    vision_width=384,
+    vision_depth=6,
+    vision_mlp_dim=1536,
+    text_width=384,
+    text_heads=12,
+    text_intermediate=1536,
+    num_layers=6,
+    fusion_layer=3,
+    max_position_embeddings=512,
+    embed_dim=256,
+    queue_size=4096,
+    tokenizer="minilm",
+)
+
+BASE = ModelConfig(name="albef", image_size=(384, 384), add_sep=False)
+
+
+@register_model
+def tiny(pretrained: Any = None, **overrides: Any) -> RaSaModel:
+    """4-layer ViT-128/16 + 2+2-layer BERT-128, from scratch (CPU-sized)."""
+    return _build(TINY, pretrained, overrides)
+
+
+@register_model
+def minilm(pretrained: Any = None, **overrides: Any) -> RaSaModel:
+    """MiniLM-L6 text (3 text + 3 fusion layers) + 6-layer ViT-384/16 from scratch.
+
+    ``pretrained=None`` loads the packaged MiniLM weights, a path loads a checkpoint of ours,
+    ``False`` leaves everything randomly initialised.
+    """
+    from rasa.models.loaders.minilm import load_minilm_text
+
+    model = RaSaModel(MINILM.replace(**overrides))
+    if pretrained is None:
+        model.load_report = load_minilm_text(model)
+    elif pretrained:
+        load_ours(model, pretrained)
+    return model
+
+
+@register_model
+def albef(pretrained: Any = None, **overrides: Any) -> RaSaModel:
+    """ViT-B/16 + BERT-base 6+6 at 384x384 from an ALBEF checkpoint (random init without)."""
+    from rasa.models.loaders.albef import load_albef
+
+    if pretrained:
+        return load_albef(pretrained, **overrides)
+    return _build(BASE, None, overrides)
+
+
+@register_model
+def tcl(pretrained: Any = None, **overrides: Any) -> RaSaModel:
+    """Like ``albef`` but initialised from a TCL checkpoint."""
+    from rasa.models.loaders.albef import load_tcl
+
+    if pretrained:
+        return load_tcl(pretrained, **overrides)
+    return _build(BASE.replace(name="tcl"), None, overrides)
+
+
+@register_model
+def official(pretrained: Any = None, **overrides: Any) -> RaSaModel:
+    """An official RaSa checkpoint (``config_bert.json`` beside it); sizes come from the file."""
+    from rasa.models.loaders.official import load_official
+
+    if not pretrained:
+        raise ConfigError("Backbone 'official' needs pretrained=<path of an official RaSa .pth>.")
+    return load_official(pretrained, **overrides)
