@@ -106,6 +106,12 @@ class LossConfig:
             raise ConfigError(f"LossConfig.temp_range = {self.temp_range!r}; expected 0 < lo < hi.")
 
 
+def _rng_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
+    """Where random numbers are drawn: on the generator's device (a CPU generator may drive a
+    GPU batch; the draws are then moved), else beside the data."""
+    return generator.device if generator is not None else fallback
+
+
 # ---------------------------------------------------------------------------------------------
 # CL: ITC + IMC with queues (eqs. 7-10)
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +205,8 @@ def _sample_other_identity(sim: Tensor, same: Tensor, generator: torch.Generator
     valid = (~same).any(dim=1)
     logits = torch.where(valid.view(-1, 1), logits, torch.zeros_like(logits))
     probs = F.softmax(logits, dim=1)  # renormalised over other identities: no underflow to 0
-    idx = torch.multinomial(probs, 1, generator=generator).view(-1)
+    dev = _rng_device(generator, probs.device)
+    idx = torch.multinomial(probs.to(dev), 1, generator=generator).view(-1).to(sim.device)
     rows = torch.arange(sim.shape[0], device=sim.device)
     return torch.where(valid, idx, rows), valid
 
@@ -259,7 +266,8 @@ def choose_mask(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Bernoulli(``prob``) positions [B, L] bool; never padding, [PAD], [CLS] or [SEP]."""
-    draw = torch.rand(ids.shape, generator=generator, device=ids.device) < prob
+    dev = _rng_device(generator, ids.device)
+    draw = torch.rand(ids.shape, generator=generator, device=dev).to(ids.device) < prob
     special = torch.zeros_like(draw)
     for tok in tokens.never_masked:
         special |= ids.eq(tok)
@@ -281,10 +289,11 @@ def mask_tokens(
     positions and -100 elsewhere; ``masked`` [B, L] bool. ``rule`` = (p_mask, p_random).
     """
     masked = choose_mask(ids, attention_mask, prob, tokens, generator)
-    u = torch.rand(ids.shape, generator=generator, device=ids.device)
+    dev = _rng_device(generator, ids.device)
+    u = torch.rand(ids.shape, generator=generator, device=dev).to(ids.device)
     random_words = torch.randint(
-        vocab_size, ids.shape, generator=generator, device=ids.device, dtype=ids.dtype
-    )
+        vocab_size, ids.shape, generator=generator, device=dev, dtype=ids.dtype
+    ).to(ids.device)
     p_mask, p_random = rule
     out = ids.clone()
     out = torch.where(masked & (u < p_mask), torch.full_like(ids, tokens.mask), out)
@@ -339,7 +348,8 @@ def sample_tokens(logits: Tensor, generator: torch.Generator | None = None) -> T
     if logits.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=logits.device)
     probs = F.softmax(logits.detach().float(), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).view(-1)
+    dev = _rng_device(generator, probs.device)
+    return torch.multinomial(probs.to(dev), 1, generator=generator).view(-1).to(logits.device)
 
 
 def replace_tokens(ids: Tensor, positions: Tensor, sampled: Tensor) -> Tensor:
