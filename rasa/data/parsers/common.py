@@ -17,7 +17,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from rasa.data.annotations import SPLITS, Annotations, Record
@@ -121,13 +121,14 @@ def get_str_list(entry: dict, key: str, path: Path, index: int) -> list[str]:
 
 def safe_relpath(value: str, path: Path, index: int | str, key: str) -> str:
     """Normalise a relative image path to POSIX form; refuse absolute paths and ``..``."""
-    rel = PurePosixPath(value.replace("\\", "/"))
-    if not value.strip() or rel.is_absolute() or ".." in rel.parts or ":" in rel.parts[0]:
+    text = value.replace("\\", "/")
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if not parts or text.startswith("/") or ".." in parts or ":" in parts[0]:
         raise DataError(
             f"{where(path, index, key)}: expected a relative image path inside the image "
             f"folder, got {value!r}."
         )
-    return rel.as_posix()
+    return "/".join(parts)
 
 
 class Collector:
