@@ -518,3 +518,22 @@ def test_cli_exit_codes_and_one_paragraph_error(tmp_path):
     assert "Traceback" not in bad.stderr and "\n\n" not in bad.stderr.strip()
     assert "ICFG-PEDES.json, record 4" in " ".join(bad.stderr.split())
     assert not (tmp_path / "b.json").exists()
+
+
+# ---- SynthPEDES round trip ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "preset, fmt", [("cuhk", "cuhk-pedes"), ("icfg", "icfg-pedes"), ("rstp", "rstpreid")]
+)
+def test_synthpedes_presets_parse_back(tmp_path, preset, fmt):
+    synth = pytest.importorskip("rasa.data.synth")
+    stats = synth.generate(preset, n_ids=12, seed=0, out=tmp_path / preset, progress=False)
+    lines = []
+    ann = parse_dataset("auto", tmp_path / preset, log=lines.append)
+    assert ann.dataset == fmt and ann.source["synthpedes_meta"] == "synthpedes_meta.json"
+    assert ann.source["warnings"] == {}
+    assert {k: v for k, v in ann.source["stats"].items() if k != "total"} == stats["splits"]
+    raw = json.loads((tmp_path / preset / synth.RAW_FILES[preset]).read_text())
+    assert [tuple(e["captions"]) for e in raw] == [r.captions for r in ann.records]
+    assert "expected for SynthPEDES" in lines[-1]
