@@ -276,6 +276,13 @@ def test_detection_failures(tmp_path):
         detect_format(root)
     with pytest.raises(DataError, match="dataset folder not found"):
         detect_format(tmp_path / "nope")
+    parent = tmp_path / "parent"
+    copy("flowers", parent)
+    (parent / "notes.json").write_text("{broken")
+    with pytest.raises(
+        DataError, match=r"one level down: flowers/ \(flowers\)\. Not valid JSON here: notes.json"
+    ):
+        detect_format(parent)
 
 
 # ---- malformed input ----------------------------------------------------------------------

@@ -130,7 +130,7 @@ def register_format(
 
     def wrap(parse: Parser) -> Parser:
         if name in FORMATS or name == "auto":
-            raise ValueError(f"dataset format {name!r} is already registered")
+            raise ValueError(f"dataset format {name!r} is already registered (or reserved)")
         FORMATS[name] = Format(
             name, parse, tuple(files), tuple(aliases), sniff, detect, description
         )
@@ -182,13 +182,14 @@ def detect_format(root: str | Path) -> Detection:
         )
     from rasa.data.parsers.common import load_json
 
-    sniffed = []
+    sniffed, unreadable = [], []
     for path in sorted(root.glob("*.json")):
         if path.name == "synthpedes_meta.json":
             continue
         try:
             obj, _ = load_json(path)
         except DataError:
+            unreadable.append(path.name)
             continue
         sniffed += [(f.name, path) for f in formats.values() if f.sniff and f.sniff(obj)]
     if len(sniffed) == 1:
@@ -200,10 +201,19 @@ def detect_format(root: str | Path) -> Detection:
             "expected one dataset per folder: pass --format or point --root at one dataset."
         )
     markers = [f for fmt in formats.values() for f in fmt.files + fmt.aliases]
+    below = sorted(
+        f"{sub.name}/ ({f.name})"
+        for sub in root.iterdir()
+        if sub.is_dir()
+        for f in formats.values()
+        if f.match(sub) is not None
+    )
+    hint = f" Datasets found one level down: {', '.join(below)}." if below else ""
+    bad = f" Not valid JSON here: {', '.join(unreadable)}." if unreadable else ""
     raise DataError(
         f"{root}: no known dataset found; expected one of {', '.join(markers)}, or text_c10/ "
         "with trainvalclasses.txt and testclasses.txt (CUB/Flowers). Check --root (the folder "
-        "as released, containing these files)."
+        f"as released, containing these files).{hint}{bad}"
     )
 
 
