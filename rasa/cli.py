@@ -22,6 +22,7 @@ from rasa.errors import RasaError
 # Modules that add sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
     "rasa.data.cli",
+    "rasa.engine.cli",
 )
 
 

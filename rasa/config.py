@@ -45,10 +45,8 @@ class TrainConfig:
     weight_decay: float = 0.02
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.1
-    alpha: float = 0.4
     alpha_warmup: bool = True
     clip_grad: float | None = None
-    p_weak: float = 0.1
     resize: str = "pad"
     ckpt_every_steps: int = 500
     eval_every_epochs: int = 1

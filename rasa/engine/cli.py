@@ -1,0 +1,135 @@
+"""``rasa train``, ``rasa evaluate`` and ``rasa bench``: thin wrappers over the engine.
+
+argv carries paths and run flags; values come from ``params.yaml`` (or a saved
+``config.yaml``) plus ``--set key=value`` overrides. ``rasa train`` exits with status 75
+(EX_TEMPFAIL) after a SIGTERM/SIGUSR1 checkpoint so a scheduler requeues it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train one experiment (RaSa recipe), select on val, test once",
+        description="Train an experiment of params.yaml (or a saved config.yaml) into --out: "
+        "checkpoint_last.pt, checkpoint_best.pt (best on validation), metrics.json (test "
+        "metrics of the selected checkpoint, last-epoch test, val curve, timings), "
+        "train_log.txt, curve/ (dvclive) and config.yaml. The dataset must already be "
+        "parsed and tokenized (`rasa data`). Under torchrun it runs DDP. SIGTERM/SIGUSR1 "
+        "save a checkpoint and exit with 75; --resume continues exactly.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--experiment", metavar="NAME", help="experiment name in --params")
+    src.add_argument("--config", metavar="FILE", help="a resolved config.yaml to run as is")
+    p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    p.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="override a value, e.g. --set train.lr=1e-4 (repeatable; YAML values)",
+    )  # fmt: skip
+    p.add_argument("--annotations", help="annotation table (default: from data.root)")
+    p.add_argument("--tokens", help="token cache (default: from data.root and the tokenizer)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint on a split (two-stage retrieval metrics, top-k)",
+        description="Rank the gallery of --split by unimodal similarity, re-rank the top k by "
+        "the ITM head, and write R@1/5/10, mAP, mINP (both stages) as JSON.",
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint (.pt) written by rasa train")
+    p.add_argument("--annotations", required=True, help="annotation table (.json)")
+    p.add_argument("--tokens", required=True, help="token cache (.npz)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--out", required=True, help="metrics JSON to write")
+    p.add_argument("--topk-out", help="also write per-query top-k results here")
+    p.add_argument("--k-test", type=int, default=128, help="candidates re-ranked (default 128)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("bench", help="time a training step or an evaluation; prints one JSON line")
+    bsub = p.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
+    b = bsub.add_parser("train-step", help="median seconds and peak memory of one step")
+    b.add_argument("--backbone", default="tiny")
+    b.add_argument("--variant", default="m-rtd")
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
+    b.add_argument("--device", default="auto")
+    b.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--threads", type=int, help="torch CPU threads")
+    b.set_defaults(func=_bench_train_step)
+    b = bsub.add_parser("evaluate", help="time the two-stage evaluation on random data")
+    b.add_argument("--backbone", default="tiny")
+    b.add_argument("--gallery", type=int, default=600, help="gallery images")
+    b.add_argument("--queries", type=int, default=300, help="query captions")
+    b.add_argument("--k-test", type=int, default=32)
+    b.add_argument("--device", default="auto")
+    b.set_defaults(func=_bench_evaluate)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rasa.config import load_config, load_params, resolve_experiment
+    from rasa.engine.train import EX_TEMPFAIL, Preempted, train
+
+    sets = list(args.sets)
+    if args.annotations:
+        sets.append(f"annotations={args.annotations}")
+    if args.tokens:
+        sets.append(f"tokens={args.tokens}")
+    if args.config:
+        cfg = load_config(args.config, sets)
+    else:
+        cfg = resolve_experiment(load_params(args.params), args.experiment, sets, args.params)
+    try:
+        metrics = train(
+            cfg, args.out, device=args.device, resume=args.resume, progress=not args.no_progress
+        )
+    except Preempted as exc:
+        print(f"{exc}; checkpoint saved, exit {EX_TEMPFAIL} (requeue and run with --resume)")
+        return EX_TEMPFAIL
+    if metrics:
+        keys = ("r1", "r5", "r10", "mAP", "mINP")
+        print(json.dumps({k: metrics.get(k) for k in keys}))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from rasa.engine.evaluate import evaluate_checkpoint
+
+    evaluate_checkpoint(
+        args.checkpoint, args.annotations, args.tokens, split=args.split, out=args.out,
+        topk_out=args.topk_out, k=args.k_test, device=args.device,
+    )  # fmt: skip
+    return 0
+
+
+def _bench_train_step(args: argparse.Namespace) -> int:
+    from rasa.engine.bench import bench_train_step
+
+    res = bench_train_step(
+        backbone=args.backbone, variant=args.variant, batch_size=args.batch_size,
+        image_size=tuple(args.image_size) if args.image_size else None, device=args.device,
+        bf16=args.bf16, warmup=args.warmup, repeats=args.repeats, threads=args.threads,
+    )  # fmt: skip
+    print(json.dumps(res))
+    return 0
+
+
+def _bench_evaluate(args: argparse.Namespace) -> int:
+    from rasa.engine.evaluate import bench_evaluate
+
+    res = bench_evaluate(
+        args.backbone, num_queries=args.queries, num_images=args.gallery, k=args.k_test,
+        device=args.device,
+    )  # fmt: skip
+    print(json.dumps(res))
+    return 0
