@@ -296,3 +296,24 @@ def test_cli_fetch(tmp_path, capsys):
     )
     assert "sha256 mismatch" in capsys.readouterr().err
     assert not (tmp_path / "c.bin").exists()
+
+
+def test_exception_mid_stream_leaves_nothing(tmp_path, monkeypatch):
+    import contextlib
+
+    import rasa.data.fetch as fetch_mod
+
+    class Flaky(io.BytesIO):
+        def read(self, n=-1):
+            if self.tell() > 0:
+                raise ConnectionResetError("connection reset by peer")
+            return super().read(1000)
+
+    @contextlib.contextmanager
+    def flaky_source(url, timeout):
+        yield Flaky(PAYLOAD), len(PAYLOAD)
+
+    monkeypatch.setattr(fetch_mod, "_open_source", flaky_source)
+    with pytest.raises(DataError, match="interrupted after 1000 bytes"):
+        fetch("http://example.invalid/x", sha(PAYLOAD), tmp_path / "x.bin")
+    assert leftovers(tmp_path) == []

@@ -302,6 +302,8 @@ def encode_captions(
     max_len = int(padding["length"])
     ids = np.zeros((len(captions), max_len), dtype=np.int32)
     mask = np.zeros((len(captions), max_len), dtype=np.uint8)
+    # encode_batch_fast (tokenizers >= 0.21) skips character offsets, which we do not use
+    encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
     starts = range(0, len(captions), batch_size)
     if progress:
         from tqdm import tqdm
@@ -309,7 +311,7 @@ def encode_captions(
         starts = tqdm(starts, desc="tokenize", unit="batch", leave=False)
     for s in starts:
         chunk = [clean_caption(c) for c in captions[s : s + batch_size]]
-        encs = tok.encode_batch(chunk)
+        encs = encode_batch(chunk)
         ids[s : s + len(chunk)] = [e.ids for e in encs]
         mask[s : s + len(chunk)] = [e.attention_mask for e in encs]
     return ids, mask
