@@ -396,6 +396,12 @@ def test_malformed_fixtures(case, fmt, needles):
         assert needle in message, (needle, message)
 
 
+def test_missing_image_folder(tmp_path):
+    root = copy("icfg-pedes", tmp_path)
+    shutil.rmtree(root / "imgs")
+    assert "imgs: image folder not found" in error("icfg-pedes", root)
+
+
 def test_missing_images_can_be_skipped():
     ann = parse("rstpreid", FIX / "malformed" / "missing_image", check_images=False)
     assert len(ann.records) == 6 and ann.source["images_checked"] is False

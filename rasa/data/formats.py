@@ -227,6 +227,12 @@ def _check_root(root: str | Path) -> Path:
 def verify_images(ann: Annotations, show: int = 3) -> None:
     """Raise :class:`DataError` if any image file is missing (one directory listing per folder)."""
     image_root = Path(ann.image_root)
+    if not image_root.is_dir():
+        raise DataError(
+            f"{image_root}: image folder not found; expected the images of "
+            f"{ann.source.get('file', ann.dataset)} there, as released (or pass "
+            "--no-check-images to write the table anyway)."
+        )
     listings: dict[str, set[str]] = {}
     missing = []
     for rec in tqdm(

@@ -27,7 +27,7 @@ from rasa.errors import DataError, where
 WARNING_TEXT = {
     "empty_captions_dropped": "empty caption(s) dropped",
     "images_without_captions_dropped": "image(s) with no caption left dropped",
-    "duplicate_entries_dropped": "exact duplicate entr(y/ies) dropped",
+    "duplicate_entries_dropped": "exact repeat(s) of an earlier entry dropped",
     "undecodable_text_files": "text file(s) with bytes that are not UTF-8 (replaced)",
     "unlisted_classes_ignored": "class folder(s) in no split list ignored",
 }
