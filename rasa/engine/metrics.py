@@ -86,16 +86,18 @@ def ranked_matches(
     query_pids: Tensor | Sequence[int],
     gallery_pids: Tensor | Sequence[int],
     chunk_rows: int | None = None,
+    device: str | torch.device | None = None,
 ) -> Iterator[Tensor]:
     """Yield, per chunk of queries, the boolean matrix ``matches[q, r]`` = the item at rank r+1
-    of query q is correct. Chunks follow the query order."""
+    of query q is correct. Chunks follow the query order; each chunk is moved to ``device``
+    (default: where ``scores`` lives) before sorting."""
     qp, gp = _as_tensor(query_pids, "query_pids"), _as_tensor(gallery_pids, "gallery_pids")
     _check(scores, qp, gp)
     rows = chunk_rows or default_chunk_rows(scores.shape[1])
-    gp = gp.to(scores.device)
-    qp = qp.to(scores.device)
+    dev = torch.device(device) if device is not None else scores.device
+    gp, qp = gp.to(dev), qp.to(dev)
     for start in range(0, scores.shape[0], rows):
-        block = scores[start : start + rows].contiguous()
+        block = scores[start : start + rows].to(dev).contiguous()
         order = sorted_indices(block)
         yield gp[order] == qp[start : start + rows, None]
 
@@ -123,14 +125,16 @@ def retrieval_metrics(
     gallery_pids: Tensor | Sequence[int],
     ks: Sequence[int] = (1, 5, 10),
     chunk_rows: int | None = None,
+    device: str | torch.device | None = None,
 ) -> dict[str, float | int]:
     """R@K for each K in ``ks`` (keys ``r1``, ``r5``, ``r10``), mAP, mINP and r_mean, in percent.
 
     ``r_mean`` averages the R@K values. Also returns ``num_queries``, ``num_gallery`` and
-    ``num_queries_without_match``.
+    ``num_queries_without_match``. ``device`` sorts the chunks elsewhere (e.g. a GPU) than
+    where ``scores`` lives.
     """
     firsts, aps, inps, nrel = [], [], [], []
-    for matches in ranked_matches(scores, query_pids, gallery_pids, chunk_rows):
+    for matches in ranked_matches(scores, query_pids, gallery_pids, chunk_rows, device):
         first, ap, inp, num_rel = _chunk_stats(matches)
         firsts.append(first.cpu())
         aps.append(ap.double().cpu())

@@ -6,8 +6,9 @@ the paper) with the p-ITM head on the cross-modal encoder's fused CLS.
 
 What this does differently from the official loop (same function, far less work):
 
-- no Python loop per query: the ``Q x k`` (query, candidate) pairs are flattened, sorted by
-  image, and scored in chunks of ``pair_batch`` pairs;
+- no Python loop per query: the ``Q x k`` (query, candidate) pairs are flattened, grouped by
+  block of images, sorted by caption length inside a block, and scored in chunks of
+  ``pair_batch`` pairs (so a chunk carries little padding);
 - the cross-attention keys/values of every fusion layer are computed ONCE per gallery image
   (``model.precompute_image_kv``), one block of ``image_block`` images at a time, and gathered
   for the pairs of that block (the official code recomputes them for every pair);
@@ -99,12 +100,17 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _pair_order(topk_index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Flatten the (query, candidate) pairs and sort them by image (stable)."""
+def _pair_order(
+    topk_index: Tensor, lengths: Tensor, image_block: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Flatten the (query, candidate) pairs and order them by image block, then by caption
+    length, so each chunk needs the K/V of one block and carries little padding."""
     q, k = topk_index.shape
     flat_img = topk_index.reshape(-1)
-    order = torch.argsort(flat_img, stable=True)
     flat_txt = torch.arange(q).repeat_interleave(k)
+    span = int(lengths.max()) + 1
+    key = torch.div(flat_img, image_block, rounding_mode="floor") * span + lengths[flat_txt]
+    order = torch.argsort(key, stable=True)
     return order, flat_img[order], flat_txt[order]
 
 
@@ -152,10 +158,12 @@ def rerank_logits(
     param_dtype = next(model.parameters()).dtype
     k = min(k, g)
     topk_index = top_indices(sims, k)  # [Q, k] CPU, stable tie-breaking
-    order, pair_img, pair_txt = _pair_order(topk_index)
+    lengths = text_mask.sum(1).long().cpu()
+    order, pair_img, pair_txt = _pair_order(topk_index, lengths, image_block)
     logits_sorted = torch.empty(q * k, 2, dtype=torch.float32)
     text_dev = text_tokens.device
-    bounds = torch.searchsorted(pair_img, torch.arange(0, g + image_block, image_block))
+    pair_block = torch.div(pair_img, image_block, rounding_mode="floor")
+    bounds = torch.searchsorted(pair_block, torch.arange(0, g // image_block + 2))
     bar = tqdm(total=q * k, desc="re-rank pairs", unit="pair", disable=not progress, leave=False)
     with eval_mode(model), _autocast(device, autocast_dtype):
         for b, g0 in enumerate(range(0, g, image_block)):

@@ -1,0 +1,406 @@
+"""Evaluate a model on a split: text→image retrieval with two-stage ranking (paper §3.5, §4.1).
+
+Steps: embed the split's gallery images (:class:`rasa.data.dataset.ImageDataset`) and query
+captions (rows of the token cache, :func:`rasa.data.dataset.split_captions`) in batches; rank
+by the unimodal cosine similarity (first stage); re-rank each caption's top ``k`` images by the
+p-ITM match probability (:mod:`rasa.engine.ranking`); score both rankings with
+:mod:`rasa.engine.metrics` (R@1/5/10, mAP, mINP).
+
+Outputs (atomic writes): the metrics JSON (INTERFACES "Metrics": the final metrics, the
+``first_stage`` ones and ``meta``) and ``topk.json`` (each caption's top 10 images with their
+record indices, paths and person ids, for the Fig. 5 retrieval grids).
+
+Image tokens and text tokens are kept on the CPU (in bf16 when ``dtype="bf16"``) and moved to
+the device one block at a time, so the gallery size is bounded by host memory, not by the GPU.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from rasa.data.annotations import Annotations
+from rasa.data.dataset import ImageDataset, split_captions
+from rasa.data.token_cache import TokenCache, load_cache
+from rasa.engine.metrics import METRIC_KEYS, retrieval_metrics, top_indices
+from rasa.engine.ranking import _autocast, compose_scores, eval_mode, rerank_logits
+from rasa.errors import ConfigError, DataError
+from rasa.io import write_json
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+TOPK_RECORDED = 10
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast_dtype(dtype: str) -> torch.dtype | None:
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r}: expected one of {sorted(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def embed_images(
+    model: nn.Module,
+    loader: Any,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+    progress: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Image tokens [G, 1+M, Dv] (CPU, bf16 under bf16 autocast) and embeddings [G, E] (fp32)."""
+    store = amp or torch.float32
+    tokens, feats = [], []
+    with eval_mode(model), _autocast(device, amp):
+        for batch in tqdm(loader, desc="embed images", unit="batch", disable=not progress):
+            images = batch["image"] if isinstance(batch, dict) else batch
+            t = model.encode_image(images.to(device, non_blocking=True))
+            feats.append(model.image_embed(t).float().cpu())
+            tokens.append(t.to(store).cpu())
+    return torch.cat(tokens), torch.cat(feats)
+
+
+@torch.no_grad()
+def embed_texts(
+    model: nn.Module,
+    ids: Tensor,
+    mask: Tensor,
+    batch_size: int,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+    progress: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Text-encoder tokens [Q, L, D] (CPU) and embeddings [Q, E] (fp32) of caption ids/masks."""
+    store = amp or torch.float32
+    tokens, feats = [], []
+    with eval_mode(model), _autocast(device, amp):
+        starts = range(0, ids.shape[0], batch_size)
+        for s in tqdm(starts, desc="embed captions", unit="batch", disable=not progress):
+            t = model.encode_text(
+                ids[s : s + batch_size].to(device), mask[s : s + batch_size].to(device)
+            )
+            feats.append(model.text_embed(t).float().cpu())
+            tokens.append(t.to(store).cpu())
+    return torch.cat(tokens), torch.cat(feats)
+
+
+def similarity(text_feats: Tensor, image_feats: Tensor, device: torch.device) -> Tensor:
+    """Cosine similarities [Q, G] (fp32, CPU), computed on ``device`` in row blocks."""
+    img = image_feats.to(device)
+    rows = max(1, 2**24 // max(1, img.shape[0]))
+    out = [
+        (text_feats[s : s + rows].to(device) @ img.T).cpu()
+        for s in range(0, text_feats.shape[0], rows)
+    ]
+    return torch.cat(out)
+
+
+def _check_tokens(model: nn.Module, cache: TokenCache, where: object) -> None:
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return
+    if cache.vocab_size > cfg.vocab_size:
+        raise ConfigError(
+            f"token cache {cache.path or where}: vocabulary of {cache.vocab_size} ids but the "
+            f"model {cfg.name!r} embeds only {cfg.vocab_size}; tokenize with the model's tokenizer."
+        )
+    if "add_sep" in cache.meta and bool(cache.meta["add_sep"]) != bool(cfg.add_sep):
+        warnings.warn(
+            f"token cache {cache.path or where} has add_sep={cache.meta['add_sep']} but the "
+            f"model {cfg.name!r} was trained with add_sep={cfg.add_sep}; scores may suffer.",
+            stacklevel=3,
+        )
+
+
+def evaluate_model(
+    model: nn.Module,
+    annotations: Annotations | None,
+    annotations_path: str | Path,
+    cache: TokenCache | str | Path,
+    split: str = "test",
+    *,
+    k: int = 128,
+    batch_size: int = 64,
+    pair_batch: int = 256,
+    image_block: int = 256,
+    device: str | torch.device | None = None,
+    dtype: str = "fp32",
+    layout: str = "ours",
+    resize: str = "pad",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate ``model`` on ``split``; returns (metrics, topk) as written by
+    :func:`evaluate_checkpoint` (metrics without ``meta``)."""
+    dev = resolve_device(device)
+    amp = autocast_dtype(dtype)
+    annotations = Annotations.load(annotations_path) if annotations is None else annotations
+    cache = cache if isinstance(cache, TokenCache) else load_cache(cache)
+    _check_tokens(model, cache, annotations_path)
+    model.to(dev)
+    cfg = model.config
+    gallery = ImageDataset(
+        annotations, annotations_path, split, cfg.image_size, cfg.mean, cfg.std, resize
+    )
+    queries = split_captions(annotations, annotations_path, cache, split)
+    loader = DataLoader(
+        gallery,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=dev.type == "cuda",
+    )
+    t0 = time.perf_counter()
+    image_tokens, image_feats = embed_images(model, loader, dev, amp, progress)
+    text_tokens, text_feats = embed_texts(
+        model, queries.ids, queries.mask, batch_size, dev, amp, progress
+    )
+    sims = similarity(text_feats, image_feats, dev)
+    _sync(dev)
+    t1 = time.perf_counter()
+    result = rerank_logits(
+        model, text_tokens, queries.mask, sims, image_tokens, k,
+        pair_batch=pair_batch, image_block=image_block, autocast_dtype=amp, progress=progress,
+    )  # fmt: skip
+    scores = compose_scores(sims, result, layout)
+    t2 = time.perf_counter()
+    metric_device = dev if dev.type == "cuda" else None
+    first = retrieval_metrics(sims, queries.pids, gallery.pids, device=metric_device)
+    final = retrieval_metrics(scores, queries.pids, gallery.pids, device=metric_device)
+    metrics: dict[str, Any] = dict(final)
+    metrics["first_stage"] = {key: first[key] for key in METRIC_KEYS}
+    metrics["timing"] = {
+        "embed_s": t1 - t0,
+        "rerank_s": t2 - t1,
+        "rerank_ms_per_query": 1000 * (t2 - t1) / max(1, len(queries)),
+    }
+    metrics["k"] = min(k, len(gallery))
+    metrics["layout"] = layout
+    topk = topk_records(annotations, annotations_path, split, queries, gallery, scores)
+    return metrics, topk
+
+
+def topk_records(
+    annotations: Annotations,
+    annotations_path: str | Path,
+    split: str,
+    queries: Any,
+    gallery: ImageDataset,
+    scores: Tensor,
+    n: int = TOPK_RECORDED,
+) -> dict[str, Any]:
+    """The ``topk.json`` document: each caption's first ``n`` gallery images."""
+    top = top_indices(scores, n).tolist()
+    records = annotations.records
+    flat = {k: cap for k, _, cap in annotations.captions(split)}
+    gallery_records = gallery.record_indices
+    out = []
+    for row, cands in enumerate(top):
+        rec = [gallery_records[c] for c in cands]
+        out.append(
+            {
+                "caption_index": int(queries.caption_indices[row]),
+                "caption": flat[int(queries.caption_indices[row])],
+                "pid": records[int(queries.record_indices[row])].pid,
+                "record_index": int(queries.record_indices[row]),
+                "topk_records": rec,
+                "topk_images": [records[r].image for r in rec],
+                "topk_pids": [records[r].pid for r in rec],
+            }
+        )
+    return {
+        "split": split,
+        "k": min(n, scores.shape[1]),
+        "image_root": str(annotations.resolve_image_root(annotations_path)),
+        "queries": out,
+    }
+
+
+def load_model_for_eval(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A model from one of our training checkpoints, or from an official RaSa checkpoint.
+
+    Returns (model, run config dict; empty for official checkpoints).
+    """
+    from rasa.engine.checkpoint import load_checkpoint
+    from rasa.models import ModelConfig, RaSaModel
+
+    path = Path(checkpoint)
+    try:
+        state = load_checkpoint(path)
+    except DataError as exc:
+        if not path.is_file() or "not a rasa training checkpoint" not in str(exc):
+            raise
+        from rasa.models.loaders import load_official
+
+        model = load_official(path)
+        return model, {"resize": "stretch", "source": "official"}
+    if not state.get("model_config"):
+        raise DataError(f"{path}: checkpoint has no 'model_config'; cannot rebuild the model.")
+    model = RaSaModel(ModelConfig.from_dict(state["model_config"], source=f"{path}"))
+    model.load_state_dict(state["model"])
+    return model, dict(state.get("config") or {})
+
+
+def _meta_from_config(config: dict[str, Any]) -> dict[str, Any]:
+    meta = {"experiment": config.get("name")}
+    for key in ("dataset", "backbone", "variant", "seed"):
+        meta[key] = config.get(key)
+    return meta
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    annotations: str | Path,
+    tokens: str | Path,
+    split: str,
+    out: str | Path,
+    topk_out: str | Path | None = None,
+    k: int = 128,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    dtype: str = "fp32",
+    *,
+    layout: str = "ours",
+    resize: str | None = None,
+    pair_batch: int = 256,
+    image_block: int = 256,
+    num_workers: int = 0,
+    meta: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load ``checkpoint``, evaluate it on ``split`` and write the metrics JSON (and topk.json).
+
+    ``resize`` defaults to the run's training setting ("stretch" for official checkpoints).
+    Returns the metrics dict as written.
+    """
+    model, config = load_model_for_eval(checkpoint)
+    if resize is None:
+        resize = config.get("resize") or (config.get("train") or {}).get("resize") or "pad"
+    ann = Annotations.load(annotations)
+    metrics, topk = evaluate_model(
+        model, ann, annotations, tokens, split,
+        k=k, batch_size=batch_size, pair_batch=pair_batch, image_block=image_block,
+        device=device, dtype=dtype, layout=layout, resize=resize, num_workers=num_workers,
+        progress=progress,
+    )  # fmt: skip
+    info = _meta_from_config(config)
+    info.update(
+        dataset=info.get("dataset") or ann.dataset,
+        backbone=info.get("backbone") or getattr(model.config, "name", None),
+        split=split,
+        checkpoint=str(checkpoint),
+        annotations=str(annotations),
+        tokens=str(tokens),
+        dtype=dtype,
+        resize=resize,
+        device=str(resolve_device(device)),
+    )
+    info.update(meta or {})
+    metrics["meta"] = info
+    write_json(out, metrics)
+    if topk_out is not None:
+        write_json(topk_out, topk, indent=1)
+    return metrics
+
+
+@torch.no_grad()
+def bench_evaluate(
+    model: str | nn.Module = "tiny",
+    num_queries: int = 600,
+    num_images: int = 300,
+    k: int = 32,
+    *,
+    text_len: int = 30,
+    batch_size: int = 64,
+    pair_batch: int = 256,
+    image_block: int = 256,
+    device: str | torch.device | None = None,
+    dtype: str = "fp32",
+    naive_queries: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time evaluation on random data: embedding, batched re-ranking, and the official-style
+    per-query loop on ``naive_queries`` queries (default all; 0 skips it) for comparison.
+
+    Returns a JSON-able dict of sizes, seconds, ms per query, the speed-up over the loop and the
+    largest score difference between the two (they compute the same function).
+    """
+    from rasa.engine.ranking import rerank_naive
+
+    dev = resolve_device(device)
+    amp = autocast_dtype(dtype)
+    if isinstance(model, str):
+        from rasa.models import create_model
+
+        torch.manual_seed(seed)
+        model = create_model(model)
+    model.to(dev).eval()
+    cfg = model.config
+    gen = torch.Generator().manual_seed(seed)
+    h, w = cfg.image_size
+    images = [
+        torch.randn(min(batch_size, num_images - s), 3, h, w, generator=gen)
+        for s in range(0, num_images, batch_size)
+    ]
+    lengths = torch.randint(3, text_len + 1, (num_queries,), generator=gen)
+    mask = (torch.arange(text_len)[None] < lengths[:, None]).long()
+    ids = torch.randint(5, cfg.vocab_size, (num_queries, text_len), generator=gen) * mask
+
+    _sync(dev)
+    t0 = time.perf_counter()
+    image_tokens, image_feats = embed_images(model, images, dev, amp, progress=False)
+    t1 = time.perf_counter()
+    text_tokens, text_feats = embed_texts(model, ids, mask, batch_size, dev, amp, progress=False)
+    sims = similarity(text_feats, image_feats, dev)
+    _sync(dev)
+    t2 = time.perf_counter()
+    result = rerank_logits(
+        model, text_tokens, mask, sims, image_tokens, k,
+        pair_batch=pair_batch, image_block=image_block, autocast_dtype=amp,
+    )  # fmt: skip
+    fast = compose_scores(sims, result, "official")
+    _sync(dev)
+    t3 = time.perf_counter()
+    report: dict[str, Any] = {
+        "model": cfg.name,
+        "device": str(dev),
+        "dtype": dtype,
+        "threads": torch.get_num_threads(),
+        "num_queries": num_queries,
+        "num_images": num_images,
+        "k": min(k, num_images),
+        "pair_batch": pair_batch,
+        "image_block": image_block,
+        "embed_images_s": t1 - t0,
+        "embed_texts_s": t2 - t1,
+        "embed_s": t2 - t0,
+        "rerank_s": t3 - t2,
+        "rerank_ms_per_query": 1000 * (t3 - t2) / num_queries,
+    }
+    n = num_queries if naive_queries is None else min(naive_queries, num_queries)
+    if n > 0:
+        tt = text_tokens[:n].float() if amp is None else text_tokens[:n]
+        with _autocast(dev, amp):
+            t4 = time.perf_counter()
+            slow = rerank_naive(model, tt, mask[:n], sims[:n], image_tokens, k, layout="official")
+            _sync(dev)
+            t5 = time.perf_counter()
+        report["naive_queries"] = n
+        report["naive_ms_per_query"] = 1000 * (t5 - t4) / n
+        report["speedup"] = report["naive_ms_per_query"] / max(1e-9, report["rerank_ms_per_query"])
+        report["max_abs_diff"] = float((slow - fast[:n]).abs().max())
+    return report
