@@ -101,7 +101,7 @@ def _download(url: str, dest: Path, timeout: float) -> str:
     got = 0
     with _open_source(url, timeout) as (src, size), open(dest, "wb") as fh:
         name = Path(urllib.parse.urlsplit(url).path).name or "download"
-        bar = tqdm(total=size, unit="B", unit_scale=True, desc=name, leave=False, disable=None)
+        bar = tqdm(total=size, unit="B", unit_scale=True, desc=name, leave=False)
         try:
             while True:
                 chunk = src.read(CHUNK)
@@ -203,14 +203,14 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, label: 
         with tarfile.open(archive) as tf:
             members = _check_tar(tf, label)
             try:
-                for m in tqdm(members, desc="extract", unit="file", leave=False, disable=None):
+                for m in tqdm(members, desc="extract", unit="file", leave=False):
                     tf.extract(m, dest, filter="data")
             except tarfile.FilterError as exc:
                 raise DataError(f"{label}: refusing to extract: {exc}.") from exc
     elif zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             members = _check_zip(zf, label)
-            for m in tqdm(members, desc="extract", unit="file", leave=False, disable=None):
+            for m in tqdm(members, desc="extract", unit="file", leave=False):
                 zf.extract(m, dest)
     else:
         raise DataError(f"{label}: not a tar or zip archive, so it cannot be extracted.")
