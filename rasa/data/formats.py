@@ -13,9 +13,10 @@ structure decides: a list of ``{img_path, id, captions}`` → RSTPReid; of ``{fi
 captions}`` → ICFG-PEDES when every entry has one caption and only train/test splits, else
 CUHK-PEDES; an object with an ``images`` list of ``{sentences}`` → Karpathy.
 
-Validation — an error (:class:`~rasa.errors.DataError`, naming file, record, key and what was
-expected) stops the parse when the data cannot be trusted; a counted warning (printed, counts in
-``source["warnings"]``, first place in ``source["warning_details"]``) lets the parse continue when a user would rather go on:
+Validation — an error (:class:`~rasa.errors.DataError`, naming file, record, key and what
+was expected) stops the parse when the data cannot be trusted; a counted warning (printed;
+counts in ``source["warnings"]``, the first place of each in ``source["warning_details"]``)
+lets the parse go on where a user would rather continue:
 
 * error: file missing, not JSON, wrong top-level type; a record not an object; a key missing
   or of the wrong type (``id``/``imgid`` must be integers, ``captions`` a list of strings,
@@ -35,7 +36,11 @@ Notes (in ``source["notes"]`` and printed): the alias file read, a generated CUH
 for other sizes), ICFG-PEDES having no validation split, Karpathy ``restval`` → train.
 
 Per-split statistics are printed beside :data:`PAPER_STATS` and stored in
-``source["stats"]`` so a user sees at once whether their copy is complete.
+``source["stats"]`` so a user sees at once whether their copy is complete. ``source`` also
+holds the format, the file read and its sha256 (CUB/Flowers: of the split and caption files).
+:func:`parse_to_file` writes the table atomically, with ``image_root`` relative to the
+table's folder (so data and annotations can move together), absolute when they share no
+folder below the file-system root.
 """
 
 from __future__ import annotations
