@@ -550,3 +550,21 @@ def test_synthpedes_presets_parse_back(tmp_path, preset, fmt):
     raw = json.loads((tmp_path / preset / synth.RAW_FILES[preset]).read_text())
     assert [tuple(e["captions"]) for e in raw] == [r.captions for r in ann.records]
     assert "expected for SynthPEDES" in lines[-1]
+
+
+def test_portable_image_root_and_out_checks(tmp_path):
+    assert formats.portable_image_root(tmp_path / "d" / "imgs", tmp_path / "a" / "t.json") == (
+        "../d/imgs"
+    )
+    outside = formats.portable_image_root(FIX / "cub" / "images", "/t.json")
+    assert outside == str((FIX / "cub" / "images").resolve())
+    with pytest.raises(DataError, match="is a folder"):
+        parse_to_file("cub", FIX / "cub", tmp_path)
+
+
+def test_karpathy_flickr30k_images_folder_fallback(tmp_path):
+    root = copy("karpathy-flickr30k", tmp_path)
+    (root / "images").rename(root / "flickr30k-images")
+    ann = parse("auto", root)
+    assert Path(ann.image_root).name == "flickr30k-images"
+    assert "images found under flickr30k-images/" in ann.source["notes"]
