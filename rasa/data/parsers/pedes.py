@@ -150,8 +150,10 @@ def parse_cuhk(root: Path, file: Path | None = None) -> Annotations:
     notes = []
     if path.name == CUHK_FILES[0] and (root / CUHK_FILES[1]).is_file():
         notes.append(f"{CUHK_FILES[1]} also present: ignored (reid_raw.json has the splits)")
-    if path.name != CUHK_FILES[0]:
-        notes.append(f"read {path.name} (alias of reid_raw.json, the older release)")
+    if path.name == CUHK_FILES[1]:
+        notes.append(f"read {path.name} (the older release's name for reid_raw.json)")
+    elif path.name != CUHK_FILES[0]:
+        notes.append(f"read {path.name} in place of reid_raw.json")
     generated = rows[0][3] is None
     if generated:
         split_of = standard_identity_split([r[2] for r in rows])
@@ -182,7 +184,7 @@ def parse_icfg(root: Path, file: Path | None = None) -> Annotations:
     col = _collect(path, rows, "file_path", ("train", "val", "test"))
     notes = []
     if path.name != ICFG_FILES[0]:
-        notes.append(f"read {path.name} (alias of {ICFG_FILES[0]})")
+        notes.append(f"read {path.name} in place of {ICFG_FILES[0]}")
     if not any(r.split == "val" for r in col.records):
         notes.append(
             "the release has no validation split: train/test kept as released (the engine "
