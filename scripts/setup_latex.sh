@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what `rasa report --compile` and tests/test_latex.py need: pdflatex with the LaTeX
-# packages the tables use (booktabs, multirow, makecell, threeparttable, xcolor, standalone)
-# and pdftoppm (poppler-utils) to render a page to PNG.
+# packages the tables use (booktabs, multirow, makecell, threeparttable, xcolor, caption,
+# standalone, varwidth) and pdftoppm (poppler-utils) to render a page to PNG.
 #
 #   bash scripts/setup_latex.sh          # installs with apt-get when something is missing
 #   bash scripts/setup_latex.sh --check  # only reports; exit 1 when something is missing
@@ -10,7 +10,7 @@
 # Needs root (or sudo) on Debian/Ubuntu for the install; elsewhere install TeX Live yourself.
 set -euo pipefail
 
-STYLES=(booktabs.sty multirow.sty makecell.sty threeparttable.sty xcolor.sty standalone.cls)
+STYLES=(booktabs.sty multirow.sty makecell.sty threeparttable.sty xcolor.sty caption.sty varwidth.sty standalone.cls)
 PACKAGES=(texlive-latex-base texlive-latex-recommended texlive-latex-extra poppler-utils)
 
 missing() {

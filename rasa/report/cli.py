@@ -1,0 +1,295 @@
+"""``rasa report``: the paper's Tables 1-8 and Figs. 4-5 from our metrics files (DESIGN.md,
+"Reports").
+
+    rasa report --results results/runs --out results [--compile] [--topk FILE[=LABEL] ...]
+
+Collects every metrics JSON under the ``--results`` directories, writes
+``<out>/tables/tableN[-context].tex`` (standalone, compiles with pdflatex) and
+``..._fragment.tex`` (a ``table`` float to ``\\input``), ``<out>/figures/`` (Fig. 4 when sweep
+runs exist, Fig. 5 from top-k files, training curves) and ``<out>/README.md`` indexing what
+was made, with the git commit and the sha256 of params.yaml. All writes are atomic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from rasa.errors import ConfigError, DataError
+from rasa.io import atomic_path, write_text
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="LaTeX tables 1-8 beside the paper's numbers, Figs. 4-5, results/README.md",
+        description="Collect metrics JSON files (output of `rasa evaluate` / `rasa train`) "
+        "under the given directories and write the paper's Tables 1-8 with our numbers beside "
+        "the paper's, Fig. 4 (hyper-parameter sweeps), Fig. 5 (top-10 retrievals) and an "
+        "index README.md.",
+    )
+    p.add_argument("--results", nargs="+", required=True, metavar="DIR",
+                   help="directories (searched recursively) or metrics JSON files")  # fmt: skip
+    p.add_argument("--out", required=True, help="output directory (tables/, figures/, README.md)")
+    p.add_argument("--params", default="params.yaml",
+                   help="params.yaml: dataset descriptions and its hash in the README")  # fmt: skip
+    p.add_argument("--suite", help="suite name for runs whose meta has none (captions)")
+    p.add_argument("--split", default="test", help="split reported in the tables (default test)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile each table to PDF with pdflatex (scripts/setup_latex.sh)")  # fmt: skip
+    p.add_argument("--topk", nargs="*", default=None, metavar="FILE[=LABEL]",
+                   help="top-k files for Fig. 5 (default: every topk*.json found); several "
+                   "files are compared row by row on the same queries")  # fmt: skip
+    p.add_argument("--annotations", help="annotation table to find Fig. 5's images")
+    p.add_argument("--queries", type=int, default=3, help="Fig. 5: number of queries shown")
+    p.set_defaults(func=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    made = build_report(
+        args.results,
+        args.out,
+        params=args.params,
+        suite=args.suite,
+        split=args.split,
+        compile_pdf=args.compile,
+        topk=args.topk,
+        annotations=args.annotations,
+        n_queries=args.queries,
+    )
+    print(f"report: {len(made.outputs)} files in {args.out} (index: {made.readme})")
+    for note in made.notes:
+        print(f"report: note: {note}")
+    return 0
+
+
+@dataclass
+class Report:
+    readme: Path
+    outputs: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def git_commit(cwd: str | Path = ".") -> str:
+    """``git rev-parse HEAD`` (+ "-dirty" with uncommitted changes), or a note."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                              text=True, check=True, timeout=10).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd, capture_output=True, text=True, timeout=10).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "(not in a git repository)"
+    return head + ("-dirty" if dirty.strip() else "")
+
+
+def file_sha256(path: str | Path) -> str | None:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def dataset_descriptions(params_path: str | Path) -> dict[str, str]:
+    """Dataset name -> caption text from params.yaml (``SynthPEDES-CUHK (120 ids, seed 0)``)."""
+    path = Path(params_path)
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
+    out = {}
+    datasets = (doc.get("data") or {}).get("datasets") or {}
+    for name, spec in datasets.items():
+        spec = spec or {}
+        if spec.get("source") == "synth":
+            preset = str(spec.get("preset", "")).upper()
+            out[name] = f"SynthPEDES-{preset} ({spec.get('ids')} ids, seed {spec.get('seed', 0)})"
+        else:
+            out[name] = f"{name} (real release, {spec.get('source', '?')})"
+    return out
+
+
+def compile_latex(tex: Path, pdf: Path) -> None:
+    """pdflatex ``tex`` in a temporary directory; the PDF replaces ``pdf`` atomically."""
+    exe = shutil.which("pdflatex")
+    if exe is None:
+        raise ConfigError(
+            "--compile needs pdflatex, which is not installed: run `bash scripts/setup_latex.sh` "
+            "(Debian/Ubuntu) or install TeX Live with booktabs, multirow, makecell, "
+            "threeparttable, xcolor, caption and standalone."
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(tex, Path(tmp) / "table.tex")
+        proc = subprocess.run(
+            [exe, "-interaction=nonstopmode", "-halt-on-error", "table.tex"],
+            cwd=tmp, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            errors = [ln for ln in proc.stdout.splitlines() if ln.startswith("!")]
+            raise DataError(f"{tex}: pdflatex failed: {' '.join(errors[:3]) or proc.stdout[-500:]}")
+        with atomic_path(pdf, suffix=".pdf") as dest:
+            shutil.copy(Path(tmp) / "table.pdf", dest)
+
+
+def _parse_topk_args(items: Sequence[str] | None, found: Sequence[str]) -> list[tuple[str, Path]]:
+    if items:
+        out = []
+        for item in items:
+            path, _, label = item.partition("=")
+            out.append((label or Path(path).parent.name, Path(path)))
+        return out
+    return [(Path(f).parent.name, Path(f)) for f in found]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=-]+", "-", text).strip("-") or "run"
+
+
+# ---- the report ------------------------------------------------------------------------------
+def build_report(
+    results: Sequence[str | Path],
+    out: str | Path,
+    *,
+    params: str | Path | None = "params.yaml",
+    suite: str | None = None,
+    split: str = "test",
+    compile_pdf: bool = False,
+    topk: Sequence[str] | None = None,
+    annotations: str | Path | None = None,
+    n_queries: int = 3,
+) -> Report:
+    from rasa.report import figures
+    from rasa.report.results import find_metrics_files, load_runs
+    from rasa.report.tables import SPECS, build_our_tables, render_table, table_slug
+
+    out = Path(out)
+    files = find_metrics_files(results)
+    runs, skipped = load_runs(files)
+    if suite:
+        runs = [r if r.get("suite") else replace(r, meta={**r.meta, "suite": suite}) for r in runs]
+    datasets = dataset_descriptions(params) if params else {}
+    report = Report(readme=out / "README.md")
+    index: list[str] = []
+
+    # tables
+    index.append("## Tables\n")
+    index.append("Each metric: the paper's number, then ours (`--`: no run / not in the paper).\n")
+    for number in SPECS:
+        for table in build_our_tables(number, runs, split=split):
+            slug = table_slug(table)
+            stem = f"table{number}" + (f"-{slug}" if slug else "")
+            doc, fragment = render_table(table, datasets, label=f"tab:rasa-{stem}")
+            tex = out / "tables" / f"{stem}.tex"
+            write_text(tex, doc)
+            write_text(out / "tables" / f"{stem}_fragment.tex", fragment)
+            report.outputs += [tex, out / "tables" / f"{stem}_fragment.tex"]
+            line = f"- Table {number}: [`tables/{stem}.tex`](tables/{stem}.tex)"
+            if compile_pdf:
+                compile_latex(tex, tex.with_suffix(".pdf"))
+                report.outputs.append(tex.with_suffix(".pdf"))
+                line += f", [PDF](tables/{stem}.pdf)"
+            ctx = ", ".join(f"{k}={v}" for k, v in table.context.items() if v is not None)
+            line += f" — {len(table.runs)} run(s)" + (f" ({ctx})" if ctx else "")
+            index.append(line)
+
+    # figures
+    index.append("\n## Figures\n")
+    fig_dir = out / "figures"
+    sweep_runs = [r for r in runs if figures.sweep_point(r) is not None]
+    if sweep_runs:
+        contexts: dict[tuple, list] = {}
+        for r in runs:
+            key = (r.dataset, r.get("backbone"), r.get("suite"))
+            contexts.setdefault(key, []).append(r)
+        for key, group in contexts.items():
+            if not any(figures.sweep_point(r) for r in group):
+                continue
+            stem = "fig4-" + _slug("_".join(str(k) for k in key if k))
+            title = "Fig. 4: R@1 (test) vs hyper-parameters — " + ", ".join(
+                str(k) for k in key if k
+            )
+            paths = figures.plot_fig4(group, fig_dir / stem, title=title)
+            report.outputs += paths
+            index.append(f"- Fig. 4 ({', '.join(str(k) for k in key if k)}): "
+                         f"[`figures/{stem}.png`](figures/{stem}.png)")  # fmt: skip
+    else:
+        report.notes.append("Fig. 4: no sweep runs (meta.sweep or 'p_w=0.2' in the name)")
+        index.append("- Fig. 4: no sweep runs among the results.")
+    topk_found = [f for f in skipped if Path(f).name.startswith("topk")]
+    topk_files = _parse_topk_args(topk, topk_found if topk is None else [])
+    for label, path in topk_files:
+        stem = "fig5-" + _slug(label)
+        try:
+            doc = figures.load_topk(path)
+            root = figures.resolve_image_root(doc, annotations)
+            paths = figures.plot_fig5([("", doc)], fig_dir / stem, root, n_queries=n_queries)
+        except DataError as exc:
+            report.notes.append(f"Fig. 5 from {path} skipped: {exc}")
+            index.append(f"- Fig. 5 from `{path}`: skipped ({exc})")
+            continue
+        report.outputs += paths
+        index.append(f"- Fig. 5 ({label}): [`figures/{stem}.png`](figures/{stem}.png)")
+    if not topk_files:
+        index.append("- Fig. 5: no top-k file among the results.")
+    for run in runs:
+        run_dir = Path(run.path).parent
+        if not ((run_dir / "curve").is_dir() or _has_val_curve(run.path)):
+            continue
+        stem = "curves-" + _slug(str(run.get("experiment") or run_dir.name))
+        try:
+            paths = figures.plot_training_curves(run_dir, fig_dir / stem)
+        except (DataError, ValueError, KeyError) as exc:
+            report.notes.append(f"training curves of {run_dir} skipped: {exc}")
+            continue
+        report.outputs += paths
+        index.append(f"- Training curves ({run_dir}): [`figures/{stem}.png`](figures/{stem}.png)")
+
+    # runs
+    index.append("\n## Runs\n")
+    index.append("| experiment | dataset | backbone | variant | seed | split | R@1 | mAP | file |")
+    index.append("|---|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        cells = [r.get("experiment"), r.dataset, r.get("backbone"), r.get("variant"), r.seed,
+                 r.get("split", "test"), f"{r.values['r1']:.2f}", f"{r.values['mAP']:.2f}",
+                 f"`{r.path}`"]  # fmt: skip
+        index.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
+    if skipped:
+        index.append(f"\nNot metrics files (skipped): {', '.join(f'`{s}`' for s in skipped)}")
+
+    head = [
+        "# Results\n",
+        "Generated by `rasa report` from "
+        + ", ".join(f"`{d}`" for d in results)
+        + f": {len(runs)} metrics file(s), split `{split}` in the tables; checkpoints are "
+        "selected on the validation split and the test split is evaluated once.\n",
+        f"- git commit: `{git_commit()}`",
+        f"- params: `{params}` sha256 `{file_sha256(params) if params else None}`",
+        "- paper numbers: `rasa/report/paper_results.csv` (Tables 1-8 of the RaSa paper)\n",
+    ]
+    if report.notes:
+        index.append("\n## Notes\n")
+        index += [f"- {n}" for n in report.notes]
+    write_text(report.readme, "\n".join(head + index) + "\n")
+    report.outputs.append(report.readme)
+    return report
+
+
+def _has_val_curve(path: str | Path) -> bool:
+    try:
+        doc: Any = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return bool(isinstance(doc, dict) and doc.get("val_curve"))

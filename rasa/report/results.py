@@ -1,0 +1,153 @@
+"""Our result records: metrics JSON files written by ``rasa evaluate`` (rasa/engine/evaluate.py).
+
+A record is ``{"r1", "r5", "r10", "mAP", "mINP", ..., "meta": {"experiment", "dataset",
+"split", "backbone", "variant", "seed", ...}}`` (percentages, text-to-image). This module turns
+records into :class:`Run` objects whose values use the paper tables' metric names, so the
+tables (rasa/report/tables.py) and figures (rasa/report/figures.py) can look them up:
+
+- ``r1``, ``r5``, ``r10``, ``mAP``, ``mINP`` as written; ``ir_r1`` ... ``ir_r10`` (Table 5's
+  "IR" = image retrieval from a text query) are the same text-to-image numbers;
+- ``tr_r1`` ... ``tr_r10`` (Tables 5, 6: text retrieval from an image query) from an optional
+  ``"i2t": {"r1", "r5", "r10"}`` block; ``ir_ap50`` (Table 6) from an optional ``"ap50"``.
+
+Optional meta keys the report understands: ``suite`` (which suite produced the run),
+``source_dataset`` / ``train_dataset`` (Table 7: trained on one dataset, evaluated on
+another), ``sweep`` = ``{"param": "p_w", "value": 0.2}`` (Fig. 4; see figures.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rasa.errors import DataError
+
+REQUIRED = ("r1", "r5", "r10", "mAP")
+# substring of a dataset name -> the paper's dataset key (first match wins)
+_DATASET_KEYS = (
+    ("cuhk", "cuhk"),
+    ("icfg", "icfg"),
+    ("rstp", "rstp"),
+    ("flickr", "flickr30k"),
+    ("coco", "coco"),
+    ("cub", "cub"),
+    ("flower", "flowers"),
+)
+
+
+def dataset_key(name: str | None) -> str | None:
+    """The paper's name for a dataset: ``synth-cuhk`` and ``cuhk-pedes`` are both ``cuhk``."""
+    if not name:
+        return None
+    low = str(name).lower()
+    for sub, key in _DATASET_KEYS:
+        if sub in low:
+            return key
+    return None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One evaluated checkpoint: values under the paper's metric names, plus its meta."""
+
+    values: dict[str, float]
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.meta.get(key, default)
+
+    @property
+    def source_dataset(self) -> str | None:
+        return self.meta.get("source_dataset") or self.meta.get("train_dataset")
+
+    @property
+    def dataset(self) -> str:
+        """Full dataset name; ``source->target`` for a cross-dataset run (Table 7)."""
+        target = str(self.meta.get("dataset") or "")
+        src = self.source_dataset
+        return f"{src}->{target}" if src and src != target else target
+
+    @property
+    def dataset_key(self) -> str | None:
+        target = dataset_key(self.meta.get("dataset"))
+        src = dataset_key(self.source_dataset)
+        if src and target and src != target:
+            return f"{src}->{target}"
+        return target
+
+    @property
+    def seed(self) -> Any:
+        return self.meta.get("seed")
+
+
+def run_from_record(record: Any, path: str | Path = "<record>") -> Run:
+    """Validate one metrics record and convert it to a :class:`Run`."""
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: expected a metrics object (dict), got {type(record).__name__}.")
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        raise DataError(
+            f"{path}: not a metrics file: missing key(s) {missing}; expected the output of "
+            "`rasa evaluate` with r1, r5, r10, mAP (percent) and meta."
+        )
+    meta = record.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}, key 'meta': expected an object, got {type(meta).__name__}.")
+    values: dict[str, float] = {}
+    try:
+        for k in ("r1", "r5", "r10", "mAP", "mINP", "r_mean"):
+            if record.get(k) is not None:
+                values[k] = float(record[k])
+        for k in ("r1", "r5", "r10"):
+            values[f"ir_{k}"] = values[k]
+        i2t = record.get("i2t") or {}
+        for k in ("r1", "r5", "r10"):
+            if i2t.get(k) is not None:
+                values[f"tr_{k}"] = float(i2t[k])
+        if record.get("ap50") is not None:
+            values["ir_ap50"] = float(record["ap50"])
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path}: a metric is not a number ({exc}).") from exc
+    for k, v in values.items():
+        if not 0.0 <= v <= 100.0:
+            raise DataError(f"{path}, key {k!r}: {v} is not a percentage in [0, 100].")
+    return Run(values=values, meta=dict(meta), path=str(path))
+
+
+def find_metrics_files(dirs: Sequence[str | Path], pattern: str = "**/*.json") -> list[Path]:
+    """Metrics JSON files under ``dirs`` (files given directly are kept), sorted, skipping
+    files that are clearly not metrics (topk.json, params, curves)."""
+    out: list[Path] = []
+    for d in dirs:
+        d = Path(d)
+        if d.is_file():
+            out.append(d)
+            continue
+        if not d.is_dir():
+            raise DataError(f"{d}: results directory not found.")
+        out.extend(p for p in d.glob(pattern) if p.is_file() and not p.name.startswith("."))
+    return sorted(set(out))
+
+
+def load_runs(files: Iterable[str | Path], strict: bool = False) -> tuple[list[Run], list[str]]:
+    """Load metrics files; returns (runs, skipped) where skipped names files that are JSON but
+    not metrics records (e.g. topk.json). With ``strict`` a non-metrics file raises."""
+    runs: list[Run] = []
+    skipped: list[str] = []
+    for f in files:
+        f = Path(f)
+        try:
+            record = json.loads(f.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{f}: not valid JSON ({exc.msg} at line {exc.lineno}).") from exc
+        if not isinstance(record, dict) or any(k not in record for k in REQUIRED):
+            if strict:
+                run_from_record(record, f)
+            skipped.append(str(f))
+            continue
+        runs.append(run_from_record(record, f))
+    return runs, skipped

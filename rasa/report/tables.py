@@ -1,0 +1,447 @@
+"""LaTeX versions of the RaSa paper's Tables 1-8 with our numbers beside the paper's.
+
+DESIGN.md "Reports": booktabs tables, each metric as two sub-columns "paper | ours", a caption
+naming the suite, dataset and backbone our numbers come from (checkpoint selected on the
+validation split, test split evaluated once), mean +- std and the number of seeds where
+several ran, '--' where we have no run (or the paper prints '-').
+
+Which of our runs fill which row is declared in :data:`SPECS` (one :class:`RowRule` per
+paper row we reproduce: Table 4 rows <- the ten variants, Tables 1-3/5-7 "RaSa (Ours)" <-
+``m-rtd``, Table 8 <- one row per backbone). Runs are split into one table per *context*
+(the meta fields in ``TableSpec.context``, e.g. dataset and backbone), so numbers from a
+synthetic dataset and a real one are never mixed in one cell.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rasa.report.paper import load_paper_results
+from rasa.report.results import Run
+
+METRIC_LABELS = {
+    "r1": "R@1",
+    "r5": "R@5",
+    "r10": "R@10",
+    "mAP": "mAP",
+    "tr_r1": "TR R@1",
+    "tr_r5": "TR R@5",
+    "tr_r10": "TR R@10",
+    "ir_r1": "IR R@1",
+    "ir_r5": "IR R@5",
+    "ir_r10": "IR R@10",
+    "ir_ap50": "IR AP@50",
+}
+DATASET_LABELS = {
+    "cuhk": "CUHK-PEDES",
+    "icfg": "ICFG-PEDES",
+    "rstp": "RSTPReid",
+    "flickr30k": "Flickr30K (1K test)",
+    "coco": "COCO (5K test)",
+    "cub": "CUB",
+    "flowers": "Flowers",
+}
+PREAMBLE_PACKAGES = ("booktabs", "multirow", "makecell", "threeparttable", "xcolor", "caption")
+OURS_COLOR = "blue!55!black"
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """Our runs matching ``match`` (meta field -> value, or tuple of allowed values) fill the
+    paper row ``method``; ``{backbone}`` in ``method`` makes one row per backbone."""
+
+    method: str
+    match: Mapping[str, Any]
+
+    def matches(self, run: Run) -> bool:
+        for key, want in self.match.items():
+            got = run.get(key)
+            allowed = want if isinstance(want, tuple) else (want,)
+            if got not in allowed:
+                return False
+        return True
+
+    def row_name(self, run: Run) -> str:
+        return self.method.format(backbone=str(run.get("backbone") or "?").upper())
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    number: int
+    title: str  # the paper's caption, shortened
+    metrics: tuple[str, ...]
+    rules: tuple[RowRule, ...]
+    context: tuple[str, ...]  # meta fields that separate tables of ours
+    datasets_in_columns: tuple[str, ...] = ()  # Tables 5, 6: column blocks per dataset
+    show_group: bool = True
+    extra_group: str = "ours"  # group of our rows the paper does not have
+    decimals: int = 2
+
+
+_M4 = ("r1", "r5", "r10", "mAP")
+_OURS = RowRule("RaSa (Ours)", {"variant": "m-rtd"})
+TABLE4_VARIANTS = {
+    "ITC + IMC": "cl",
+    "ITM": "itm",
+    "s-ITM": "s-itm",
+    "p-ITM": "p-itm",
+    "ITM + PRD": "itm-prd",
+    "p-ITM + PRD": "p-itm-prd",
+    "MLM": "mlm",
+    "MLM + f-RTD": "f-rtd",
+    "MLM + o-RTD": "o-rtd",
+    "MLM + m-RTD": "m-rtd",
+}
+SPECS: dict[int, TableSpec] = {
+    1: TableSpec(
+        1, "Comparison with other methods on CUHK-PEDES.", _M4, (_OURS,), ("dataset", "backbone")
+    ),
+    2: TableSpec(
+        2, "Comparison with other methods on ICFG-PEDES.", _M4, (_OURS,), ("dataset", "backbone")
+    ),
+    3: TableSpec(
+        3, "Comparison with other methods on RSTPReid.", _M4, (_OURS,), ("dataset", "backbone")
+    ),
+    4: TableSpec(
+        4,
+        "Comparison of RaSa with different settings on CUHK-PEDES.",
+        _M4,
+        tuple(RowRule(m, {"variant": v}) for m, v in TABLE4_VARIANTS.items()),
+        ("dataset", "backbone"),
+    ),
+    5: TableSpec(
+        5,
+        "Results of coarse-grained retrieval on Flickr30K and COCO.",
+        ("tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10"),
+        (_OURS,),
+        ("backbone",),
+        datasets_in_columns=("flickr30k", "coco"),
+        show_group=False,
+    ),
+    6: TableSpec(
+        6,
+        "Results of fine-grained retrieval on CUB and Flowers.",
+        ("tr_r1", "ir_ap50"),
+        (_OURS,),
+        ("backbone",),
+        datasets_in_columns=("cub", "flowers"),
+        show_group=False,
+        decimals=1,
+    ),
+    7: TableSpec(
+        7,
+        "Domain generalization: CUHK-PEDES (C) and ICFG-PEDES (I) as source and target in turn.",
+        ("r1", "r5", "r10"),
+        (_OURS,),
+        ("backbone",),
+    ),
+    8: TableSpec(
+        8,
+        "RaSa on other backbones, CUHK-PEDES.",
+        _M4,
+        (RowRule("RaSa_{backbone}", {"variant": "m-rtd"}),),
+        ("dataset",),
+    ),
+}
+
+
+# ---- aggregation -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    mean: float
+    std: float | None  # None for a single run
+    n: int
+
+
+def aggregate(values: Sequence[float]) -> Cell | None:
+    """Mean, sample standard deviation (n > 1) and count; None for no values."""
+    vals = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return None
+    std = statistics.stdev(vals) if len(vals) > 1 else None
+    return Cell(statistics.fmean(vals), std, len(vals))
+
+
+def dedupe_seeds(runs: Sequence[Run]) -> list[Run]:
+    """One run per seed: a later run of the same seed (e.g. a re-evaluation) replaces it."""
+    by_seed: dict[Any, Run] = {}
+    for i, run in enumerate(runs):
+        by_seed[run.seed if run.seed is not None else f"#{i}"] = run
+    return list(by_seed.values())
+
+
+@dataclass
+class OurTable:
+    """The rows of one table for one context: (dataset key, method) -> metric -> Cell."""
+
+    spec: TableSpec
+    context: dict[str, Any]
+    cells: dict[tuple[str, str], dict[str, Cell]]
+    extra_rows: list[tuple[str, str]]  # (dataset key, method) not in the paper, in run order
+    runs: list[Run]
+
+
+def context_of(run: Run, spec: TableSpec) -> tuple:
+    return tuple((k, run.dataset if k == "dataset" else run.get(k)) for k in spec.context) + (
+        ("suite", run.get("suite")),
+    )
+
+
+def _table_datasets(spec: TableSpec, paper_rows: list[tuple[str, str, str]]) -> set[str]:
+    return set(spec.datasets_in_columns) or {d for d, _, _ in paper_rows}
+
+
+def paper_rows(number: int) -> list[tuple[str, str, str]]:
+    """(dataset, group, method) of a paper table in the paper's order; Tables 5/6 collapse
+    the per-dataset duplicates (datasets are column blocks there)."""
+    df = load_paper_results()
+    sub = df[df.table == number]
+    rows = list(dict.fromkeys(zip(sub.dataset, sub.group, sub.method, strict=True)))
+    spec = SPECS[number]
+    if spec.datasets_in_columns:
+        seen = dict.fromkeys(m for _, _, m in rows)
+        return [("", "", m) for m in seen]
+    return rows
+
+
+def build_our_tables(number: int, runs: Sequence[Run], split: str = "test") -> list[OurTable]:
+    """Group runs of ``split`` into one :class:`OurTable` per context; no matching run gives a
+    single empty table (so the paper's numbers are still shown)."""
+    spec = SPECS[number]
+    rows = paper_rows(number)
+    datasets = _table_datasets(spec, rows)
+    groups: dict[tuple, dict[tuple[str, str], list[Run]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        if run.get("split", split) != split or run.dataset_key not in datasets:
+            continue
+        for rule in spec.rules:
+            if rule.matches(run):
+                groups[context_of(run, spec)][(run.dataset_key, rule.row_name(run))].append(run)
+    paper_keys = {(d, m) for d, _, m in rows}
+    out = []
+    for ctx, by_row in groups.items():
+        cells: dict[tuple[str, str], dict[str, Cell]] = {}
+        all_runs: list[Run] = []
+        extra: list[tuple[str, str]] = []
+        for (dkey, method), row_runs in by_row.items():
+            row_runs = dedupe_seeds(row_runs)
+            all_runs.extend(row_runs)
+            row_key = ("", method) if spec.datasets_in_columns else (dkey, method)
+            if row_key not in paper_keys and row_key not in extra:
+                extra.append(row_key)
+            for metric in spec.metrics:
+                c = aggregate([r.values.get(metric, math.nan) for r in row_runs])
+                if c is not None:
+                    col = f"{dkey}:{metric}" if spec.datasets_in_columns else metric
+                    cells.setdefault(row_key, {})[col] = c
+        out.append(OurTable(spec, dict(ctx), cells, extra, all_runs))
+    if not out:
+        out.append(OurTable(spec, {}, {}, [], []))
+    return out
+
+
+# ---- LaTeX -------------------------------------------------------------------------------
+_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "→": r"$\rightarrow$",
+    "±": r"$\pm$",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX special characters (and map a few Unicode symbols to math)."""
+    return "".join(_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def method_label(method: str) -> str:
+    """A paper row label in LaTeX: ``RaSa_TCL`` -> RaSa subscript TCL, ``p-ITM`` italic p,
+    ``C2A2`` with subscripts; everything else escaped."""
+    m = re.fullmatch(r"RaSa_(\w+)", method)
+    if m:
+        return r"RaSa$_{\mathrm{" + latex_escape(m.group(1)).replace(r"\_", r"\_") + "}}$"
+    if method == "C2A2":
+        return r"C$_2$A$_2$"
+    out = latex_escape(method)
+    return re.sub(r"\b([psfom])-(ITM|RTD)\b", r"\\textit{\1}-\2", out)
+
+
+def fmt_paper(value: float | None, decimals: int) -> str:
+    return "--" if value is None or math.isnan(value) else f"{value:.{decimals}f}"
+
+
+def fmt_ours(cell: Cell | None) -> str:
+    if cell is None:
+        return "--"
+    text = f"{cell.mean:.2f}"
+    if cell.std is not None:
+        text += rf"\,$\pm$\,{cell.std:.2f}"
+    return rf"\textcolor{{{OURS_COLOR}}}{{{text}}}"
+
+
+def describe_context(table: OurTable, datasets: Mapping[str, str] | None = None) -> str:
+    """Caption text: where our numbers come from."""
+    datasets = datasets or {}
+    ctx = table.context
+    if not table.runs:
+        return "ours: no run of this table yet (all ``--'')"
+    parts = []
+    suites = sorted({str(r.get("suite")) for r in table.runs if r.get("suite")})
+    if suites:
+        parts.append("suite " + ", ".join(suites))
+    names = sorted({r.dataset for r in table.runs})
+    parts.append(", ".join(datasets.get(n, n) for n in names))
+    backbones = sorted({str(r.get("backbone")) for r in table.runs if r.get("backbone")})
+    if "backbone" in ctx or len(backbones) == 1:
+        parts.append(f"{', '.join(backbones)} backbone")
+    seeds = sorted({str(r.seed) for r in table.runs if r.seed is not None})
+    if seeds:
+        parts.append(f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}")
+    text = "ours: " + "; ".join(parts)
+    text += "; checkpoint selected on validation, test split evaluated once"
+    if any(c.n > 1 for row in table.cells.values() for c in row.values()):
+        text += r"; mean $\pm$ sample std over seeds (runs column)"
+    return latex_escape(text).replace(r"\$\textbackslash{}pm\$", r"$\pm$")
+
+
+def _columns(spec: TableSpec) -> list[tuple[str, str]]:
+    """(dataset or '', metric) for each metric column pair, in order."""
+    if spec.datasets_in_columns:
+        return [(d, m) for d in spec.datasets_in_columns for m in spec.metrics]
+    return [("", m) for m in spec.metrics]
+
+
+def render_tabular(table: OurTable, paper: Mapping[tuple[str, str, str], float]) -> str:
+    """The tabular (booktabs) with paper | ours sub-columns, without float or caption."""
+    spec = table.spec
+    cols = _columns(spec)
+    rows = paper_rows(spec.number)
+    has_n = any(c.n > 1 for row in table.cells.values() for c in row.values())
+    lead = 2 if spec.show_group else 1
+    align = "l" * lead + "rr" * len(cols) + ("c" if has_n else "")
+    lines = [rf"\begin{{tabular}}{{{align}}}", r"\toprule"]
+    if spec.datasets_in_columns:
+        head = [""] * lead
+        rules = []
+        for i, d in enumerate(spec.datasets_in_columns):
+            span = 2 * len(spec.metrics)
+            head.append(rf"\multicolumn{{{span}}}{{c}}{{{latex_escape(DATASET_LABELS[d])}}}")
+            start = lead + 1 + i * span
+            rules.append(rf"\cmidrule(lr){{{start}-{start + span - 1}}}")
+        lines.append(" & ".join(head + ([""] if has_n else [])) + r" \\")
+        lines.append("".join(rules))
+    head = ([r"\multirow{2}{*}{}"] if spec.show_group else []) + [r"\multirow{2}{*}{Method}"]
+    rules = []
+    for i, (_, m) in enumerate(cols):
+        head.append(rf"\multicolumn{{2}}{{c}}{{{latex_escape(METRIC_LABELS[m])}}}")
+        start = lead + 1 + 2 * i
+        rules.append(rf"\cmidrule(lr){{{start}-{start + 1}}}")
+    if has_n:
+        head.append(r"\multirow{2}{*}{runs}")
+    lines.append(" & ".join(head) + r" \\")
+    lines.append("".join(rules))
+    sub = [""] * lead + [rf"paper & \textcolor{{{OURS_COLOR}}}{{ours}}"] * len(cols)
+    lines.append(" & ".join(sub + ([""] if has_n else [])) + r" \\")
+    lines.append(r"\midrule")
+
+    all_rows = list(rows) + [(d, spec.extra_group, m) for d, m in table.extra_rows]
+    groups = list(dict.fromkeys(g for _, g, _ in all_rows))
+    for gi, group in enumerate(groups):
+        members = [r for r in all_rows if r[1] == group]
+        if gi:
+            lines.append(r"\midrule")
+        for ri, (dkey, _, method) in enumerate(members):
+            cells = []
+            if spec.show_group:
+                label = latex_escape(group)
+                cells.append(rf"\multirow{{{len(members)}}}{{*}}{{{label}}}" if ri == 0 else "")
+            cells.append(method_label(method))
+            ours_row = table.cells.get((dkey, method), {})
+            n = 0
+            for d, m in cols:
+                pkey = (d or dkey, method, m)
+                cells.append(fmt_paper(paper.get(pkey), spec.decimals))
+                cell = ours_row.get(f"{d}:{m}" if d else m)
+                n = max(n, cell.n if cell else 0)
+                cells.append(fmt_ours(cell))
+            if has_n:
+                cells.append(str(n) if n else "")
+            lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines)
+
+
+def paper_lookup(number: int) -> dict[tuple[str, str, str], float]:
+    df = load_paper_results()
+    sub = df[df.table == number]
+    return {
+        (d, m, k): float(v)
+        for d, m, k, v in zip(sub.dataset, sub.method, sub.metric, sub.value, strict=True)
+    }
+
+
+def render_table(
+    table: OurTable, datasets: Mapping[str, str] | None = None, label: str | None = None
+) -> tuple[str, str]:
+    """(standalone document, fragment for ``\\input``) for one table."""
+    spec = table.spec
+    tabular = render_tabular(table, paper_lookup(spec.number))
+    caption = (
+        rf"Table {spec.number} of RaSa (IJCAI 2023): {latex_escape(spec.title)} "
+        rf"Each metric: the paper's number, then \textcolor{{{OURS_COLOR}}}{{ours}}. "
+        + describe_context(table, datasets)
+        + "."
+    )
+    label = label or f"tab:rasa-{spec.number}"
+    fragment = "\n".join(
+        [
+            "% generated by `rasa report`; needs " + ", ".join(PREAMBLE_PACKAGES),
+            r"\begin{table}[tbp]",
+            r"\centering\small",
+            r"\begin{threeparttable}",
+            rf"\caption{{{caption}}}\label{{{label}}}",
+            tabular,
+            r"\end{threeparttable}",
+            r"\end{table}",
+            "",
+        ]
+    )
+    standalone = "\n".join(
+        [
+            "% generated by `rasa report`: compile with pdflatex",
+            r"\documentclass[border=8pt,varwidth=\maxdimen]{standalone}",
+            *(rf"\usepackage{{{p}}}" for p in PREAMBLE_PACKAGES),
+            r"\captionsetup{font=small,labelformat=empty,justification=raggedright}",
+            r"\begin{document}",
+            r"\small",
+            r"\begin{threeparttable}",
+            rf"\captionof{{table}}{{{caption}}}",
+            tabular,
+            r"\end{threeparttable}",
+            r"\end{document}",
+            "",
+        ]
+    )
+    return standalone, fragment
+
+
+def table_slug(table: OurTable) -> str:
+    """File-name part for a context (empty for a table without runs)."""
+    values = [str(v) for v in table.context.values() if v not in (None, "")]
+    return re.sub(r"[^A-Za-z0-9.=-]+", "-", "_".join(values)).strip("-")
