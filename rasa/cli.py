@@ -51,11 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     except RasaError as exc:
         if args.debug:
             raise
-        print(textwrap.fill(f"error: {exc}", width=100), file=sys.stderr)
+        print(
+            textwrap.fill(f"error: {exc}", width=100, break_on_hyphens=False),
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`rasa ... | head`): not an error of ours.
+        sys.stderr.close()
+        return 141
     except Exception as exc:  # noqa: BLE001 - last-resort message for the user
         if args.debug:
             raise
