@@ -30,6 +30,15 @@ FIXTURES = sorted(
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster, and fair to a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def assert_close(ours: torch.Tensor, ref: torch.Tensor, what: str) -> None:
     ours, ref = ours.detach().float(), ref.float()
     assert ours.shape == ref.shape, f"{what}: shape {tuple(ours.shape)} vs {tuple(ref.shape)}"
