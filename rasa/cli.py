@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "rasa.data.cli",
     "rasa.engine.cli",
     "rasa.report.cli",
+    "rasa.workflow",
 )
 
 

@@ -1,0 +1,228 @@
+"""The pipeline's DAG as data: which files a suite builds, from which inputs.
+
+Both runners read this one module, so they cannot drift apart: the Snakefile
+(``workflow/rules/common.smk``) asks it for a suite's targets and each rule's inputs, and
+``rasa workflow dvc-grid`` writes the same plan as ``workflow/dvc_grid.yaml``, the variables
+over which ``dvc.yaml`` iterates (``foreach``). A test checks that the output set of both DAGs
+is equal and that the committed grid file is up to date.
+
+Paths (DESIGN.md, "Workflow and versioning"):
+
+- ``data/{dataset}/raw/``             SynthPEDES output or a fetched archive (real datasets
+  given as a local ``path`` are read where they are)
+- ``data/{dataset}/annotations.json`` the canonical annotation table (``rasa data parse``)
+- ``data/{dataset}/tokens-{spec}.npz`` the token cache (``rasa data tokenize``)
+- ``checkpoints/{experiment}/``       ``rasa train`` output (checkpoints, curve, log, config);
+  ``metrics.json`` there is written last, so it marks a finished run
+- ``results/metrics/{experiment}.json`` and ``results/topk/{experiment}.json``: test metrics of
+  the checkpoint selected on validation, and per-query top-10 (``rasa evaluate``)
+- ``results/tables/``, ``results/figures/``, ``results/README.md``: ``rasa report``
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rasa.config import dataset_paths, load_params
+from rasa.errors import ConfigError
+from rasa.io import write_text
+
+CHECKPOINTS = "checkpoints"
+RESULTS = "results"
+GRID_FILE = Path("workflow") / "dvc_grid.yaml"
+TRAIN_DONE = "metrics.json"  # written last by `rasa train`
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    spec: dict[str, Any]
+    annotations: str
+
+    @property
+    def raw(self) -> str:
+        """The directory `rasa data parse` reads."""
+        if self.spec["source"] == "path":
+            return self.spec["path"]
+        return str(Path(self.annotations).parent / "raw")
+
+    @property
+    def generated(self) -> bool:
+        """True when a rule makes :attr:`raw` (synth or url), False for a local path."""
+        return self.spec["source"] in ("synth", "url")
+
+    @property
+    def format(self) -> str:
+        return {"cuhk": "cuhk-pedes", "icfg": "icfg-pedes", "rstp": "rstpreid"}.get(
+            self.spec.get("preset", ""), self.spec.get("format", "auto")
+        )
+
+
+@dataclass(frozen=True)
+class Run:
+    experiment: str
+    dataset: str
+    tokenizer: str
+    annotations: str
+    tokens: str
+
+    @property
+    def train_dir(self) -> str:
+        return f"{CHECKPOINTS}/{self.experiment}"
+
+    @property
+    def train_done(self) -> str:
+        return f"{self.train_dir}/{TRAIN_DONE}"
+
+    @property
+    def metrics(self) -> str:
+        return f"{RESULTS}/metrics/{self.experiment}.json"
+
+    @property
+    def topk(self) -> str:
+        return f"{RESULTS}/topk/{self.experiment}.json"
+
+
+@dataclass(frozen=True)
+class Plan:
+    suite: str
+    datasets: dict[str, Dataset]
+    runs: dict[str, Run]
+
+    @property
+    def tokens(self) -> dict[str, tuple[str, str]]:
+        """Token cache path -> (dataset, tokenizer spec)."""
+        return {r.tokens: (r.dataset, r.tokenizer) for r in self.runs.values()}
+
+    @property
+    def report(self) -> str:
+        return f"{RESULTS}/README.md"
+
+    def outputs(self) -> set[str]:
+        """Every file or directory the suite's DAG writes (for the two-DAG test)."""
+        out = {d.raw for d in self.datasets.values() if d.generated}
+        out |= {d.annotations for d in self.datasets.values()}
+        out |= set(self.tokens)
+        for r in self.runs.values():
+            out |= {r.train_dir, r.metrics, r.topk}
+        out.add(self.report)
+        return out
+
+
+def make_plan(params: dict[str, Any], suite: str | None = None) -> Plan:
+    """The suite's datasets and runs (``suite`` defaults to params' ``suite``)."""
+    suite = suite or params.get("suite", "quick")
+    if suite not in params["suites"]:
+        raise ConfigError(
+            f"suite {suite!r} is not defined under suites (known: "
+            f"{', '.join(sorted(params['suites']))})."
+        )
+    root = params["data"]["root"]
+    datasets: dict[str, Dataset] = {}
+    runs: dict[str, Run] = {}
+    for name in params["suites"][suite]:
+        if name not in params["experiments"]:
+            raise ConfigError(
+                f"suites.{suite}: experiment {name!r} is not defined under experiments."
+            )
+        exp = params["experiments"][name]
+        tok = exp.get("tokenizer") or params["backbones"][exp["backbone"]]["tokenizer"]
+        ann, tokens = dataset_paths(root, exp["dataset"], tok)
+        spec = params["data"]["datasets"][exp["dataset"]]
+        datasets[exp["dataset"]] = Dataset(exp["dataset"], spec, ann)
+        runs[name] = Run(name, exp["dataset"], tok, ann, tokens)
+    return Plan(suite, datasets, runs)
+
+
+def dvc_grid(plan: Plan) -> dict[str, Any]:
+    """The variables ``dvc.yaml`` iterates over (plain data, deterministic order)."""
+    synth = {
+        n: {k: d.spec[k] for k in ("preset", "ids", "seed")} | {"raw": d.raw}
+        for n, d in sorted(plan.datasets.items())
+        if d.spec["source"] == "synth"
+    }
+    fetched = {
+        n: {"url": d.spec["url"], "sha256": d.spec["sha256"], "raw": d.raw}
+        for n, d in sorted(plan.datasets.items())
+        if d.spec["source"] == "url"
+    }
+    parse = {
+        n: {"raw": d.raw, "format": d.format, "annotations": d.annotations}
+        for n, d in sorted(plan.datasets.items())
+    }
+    tokens = {
+        f"{ds}-{Path(path).stem}": {"annotations": plan.datasets[ds].annotations,
+                                     "tokenizer": tok, "out": path}
+        for path, (ds, tok) in sorted(plan.tokens.items())
+    }  # fmt: skip
+    runs = {
+        n: {"dataset": r.dataset, "annotations": r.annotations, "tokens": r.tokens,
+            "train_dir": r.train_dir, "metrics": r.metrics, "topk": r.topk}
+        for n, r in sorted(plan.runs.items())
+    }  # fmt: skip
+    return {
+        "suite": plan.suite,
+        "synth": synth,
+        "fetch": fetched,
+        "parse": parse,
+        "tokenize": tokens,
+        "runs": runs,
+        "run_metrics": [r.metrics for _, r in sorted(plan.runs.items())],
+        "run_topk": [r.topk for _, r in sorted(plan.runs.items())],
+    }
+
+
+def grid_text(params_path: str | Path = "params.yaml") -> str:
+    import yaml
+
+    plan = make_plan(load_params(params_path))
+    header = (
+        "# Generated by `rasa workflow dvc-grid` from params.yaml (suite "
+        f"{plan.suite!r}); do not edit.\n# dvc.yaml iterates over these; a test keeps it in "
+        "sync with params.yaml and the Snakefile.\n"
+    )
+    return header + yaml.safe_dump(dvc_grid(plan), sort_keys=True, width=100)
+
+
+# ---- CLI ---------------------------------------------------------------------------------
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("workflow", help="inspect the pipeline plan; regenerate the DVC grid")
+    wsub = p.add_subparsers(dest="workflow_command", metavar="WHAT", required=True)
+    g = wsub.add_parser(
+        "dvc-grid",
+        help="write workflow/dvc_grid.yaml (the variables dvc.yaml iterates over)",
+        description="Expand params.yaml's suite (key `suite`) into the datasets, token caches "
+        "and runs that dvc.yaml's foreach stages iterate over. Run it after adding "
+        "experiments or changing the suite; `--check` exits 1 if the file is stale.",
+    )
+    g.add_argument("--params", default="params.yaml")
+    g.add_argument("--out", default=str(GRID_FILE))
+    g.add_argument("--check", action="store_true", help="only check that --out is up to date")
+    g.set_defaults(func=_dvc_grid)
+    o = wsub.add_parser("outputs", help="list the files a suite builds")
+    o.add_argument("--params", default="params.yaml")
+    o.add_argument("--suite", help="suite (default: params.yaml's `suite`)")
+    o.set_defaults(func=_outputs)
+
+
+def _dvc_grid(args: argparse.Namespace) -> int:
+    text = grid_text(args.params)
+    out = Path(args.out)
+    if args.check:
+        if not out.is_file() or out.read_text(encoding="utf-8") != text:
+            print(f"{out} is out of date: run `rasa workflow dvc-grid`")
+            return 1
+        print(f"{out} is up to date")
+        return 0
+    write_text(out, text)
+    print(f"wrote {out}")
+    return 0
+
+
+def _outputs(args: argparse.Namespace) -> int:
+    for path in sorted(make_plan(load_params(args.params), args.suite).outputs()):
+        print(path)
+    return 0
