@@ -5,25 +5,34 @@
 set -euo pipefail
 
 STATE="${RASA_SLURM_DIR:-/tmp/rasa-slurm}"
-stop() { # pidfile name
-  local pidfile=$1 name=$2 pid
-  [[ -s $pidfile ]] || return 0
-  pid=$(cat "$pidfile")
+pids=()
+names=()
+signal() { # pidfile name: SIGTERM the daemon if it runs
+  local pid
+  [[ -s $1 ]] || return 0
+  pid=$(cat "$1")
   if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid"
-    for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; fi
-    echo "slurm_down: stopped $name ($pid)"
+    kill "$pid" && pids+=("$pid") && names+=("$2 ($pid)")
   fi
-  rm -f "$pidfile"
+  rm -f "$1"
 }
-stop "$STATE/slurmd.pid" slurmd
-stop "$STATE/slurmctld.pid" slurmctld
+signal "$STATE/slurmd.pid" slurmd
+signal "$STATE/slurmctld.pid" slurmctld
 if [[ -e $STATE/munged.ours ]]; then
-  stop /run/munge/munged.pid munged
+  signal /run/munge/munged.pid munged
   rm -f "$STATE/munged.ours"
 fi
+# wait (bounded: 10 s) for all of them together, then force
+for _ in $(seq 200); do
+  alive=0
+  for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+  ((alive)) || break
+  sleep 0.05
+done
+for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && kill -9 "$pid"; done
+((${#names[@]})) && echo "slurm_down: stopped ${names[*]}"
 if [[ "${1:-}" == "--purge" ]]; then
   rm -rf "$STATE"
   echo "slurm_down: removed $STATE"
 fi
+exit 0

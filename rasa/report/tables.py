@@ -300,7 +300,7 @@ def describe_context(table: OurTable, datasets: Mapping[str, str] | None = None)
     datasets = datasets or {}
     ctx = table.context
     if not table.runs:
-        return "ours: no run of this table yet (all ``--'')"
+        return "No run of ours for this table yet (all ``--'')"
     parts = []
     suites = sorted({str(r.get("suite")) for r in table.runs if r.get("suite")})
     if suites:
@@ -313,7 +313,7 @@ def describe_context(table: OurTable, datasets: Mapping[str, str] | None = None)
     seeds = sorted({str(r.seed) for r in table.runs if r.seed is not None})
     if seeds:
         parts.append(f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}")
-    text = "ours: " + "; ".join(parts)
+    text = "Ours from " + "; ".join(parts)
     text += "; checkpoint selected on validation, test split evaluated once"
     if any(c.n > 1 for row in table.cells.values() for c in row.values()):
         text += r"; mean $\pm$ sample std over seeds (runs column)"

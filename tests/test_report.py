@@ -1,0 +1,246 @@
+"""Report: the paper's numbers as data, tables with ours beside them, figures, `rasa report`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from rasa.cli import main
+from rasa.errors import DataError
+from rasa.report import figures
+from rasa.report.paper import CSV_PATH, FIG4, KEY, load_paper_results, paper_value, table_frame
+from rasa.report.results import dataset_key, find_metrics_files, load_runs, run_from_record
+from rasa.report.tables import (
+    SPECS,
+    TABLE4_VARIANTS,
+    aggregate,
+    build_our_tables,
+    latex_escape,
+    method_label,
+    render_table,
+)
+
+
+def record(r1=10.0, mAP=5.0, **meta):
+    meta = {"dataset": "synth-cuhk", "backbone": "tiny", "variant": "m-rtd", "seed": 0,
+            "split": "test", **meta}  # fmt: skip
+    return {"r1": r1, "r5": 30.0, "r10": 40.0, "mAP": mAP, "mINP": 1.0, "meta": meta}
+
+
+# ---- paper numbers -------------------------------------------------------------------------
+def test_paper_csv_is_complete_and_clean():
+    raw = pd.read_csv(CSV_PATH)
+    assert list(raw.columns) == ["table", "dataset", "method", "group", "metric", "value", "source"]
+    assert not raw.duplicated(list(KEY)).any()
+    assert raw.value.between(0, 100).all()
+    assert raw.source.str.contains("rasa_paper.txt Table").all()
+    # every non-'-' cell of Tables 1-8 (counted by hand from the paper)
+    counts = raw.groupby("table").size().to_dict()
+    assert counts == {1: 54, 2: 39, 3: 33, 4: 40, 5: 84, 6: 52, 7: 36, 8: 62}
+
+
+def test_paper_spot_checks_and_benchmarks():
+    assert paper_value(4, "cuhk", "MLM + m-RTD", "r1") == 76.51
+    assert paper_value(8, "cuhk", "RaSa_TCL", "r1") == 73.23
+    assert paper_value(1, "cuhk", "GNA-RNN", "r5") is None  # '-' in the paper
+    assert paper_value(5, "coco", "BLIP", "ir_r10") == 91.80
+    assert paper_value(6, "flowers", "RaSa (Ours)", "ir_ap50") == 84.3
+    assert paper_value(7, "icfg->cuhk", "RaSa (Ours)", "r10") == 79.58
+    # RaSa's main numbers as listed by rasa_benchmarks.txt (paperswithcode leaderboards)
+    bench = {"cuhk": (76.51, 90.29, 94.25, 69.38), "icfg": (65.28, 80.40, 85.12, 41.29),
+             "rstp": (66.90, 86.50, 91.35, 52.31)}  # fmt: skip
+    for table, (ds, vals) in zip((1, 2, 3), bench.items(), strict=True):
+        got = tuple(paper_value(table, ds, "RaSa (Ours)", m) for m in ("r1", "r5", "r10", "mAP"))
+        assert got == vals
+    # Table 8 repeats Table 1's comparison rows
+    t1, t8 = load_paper_results().query("table == 1"), load_paper_results().query("table == 8")
+    shared = t1.merge(t8, on=["method", "metric"], suffixes=("_1", "_8"))
+    assert len(shared) == 46 and (shared.value_1 == shared.value_8).all()
+
+
+def test_table_frame_keeps_paper_order():
+    df = table_frame(4)
+    assert list(df.method) == list(TABLE4_VARIANTS)
+    assert list(df.group.unique()) == ["CL", "+RA", "++SA"]
+    assert math.isnan(table_frame(1).set_index("method").loc["GNA-RNN", "r5"])
+
+
+def test_table4_rows_match_variant_registry():
+    from rasa.variants import VARIANTS, list_variants
+
+    assert list(TABLE4_VARIANTS.values()) == list(list_variants())
+    for label, name in TABLE4_VARIANTS.items():
+        assert VARIANTS[name].label == label
+
+
+def test_fig4_defaults_from_paper_text():
+    assert {k: p.default for k, p in FIG4.items()} == {
+        "p_w": 0.1, "p_m": 0.3, "lambda1": 0.5, "lambda2": 0.5, "lambda3": 0.5,
+    }  # fmt: skip
+    assert all(p.grid is None and "not in the text" in p.source for p in FIG4.values())
+
+
+# ---- records and aggregation ------------------------------------------------------------------
+def test_run_from_record_maps_metric_names():
+    run = run_from_record({**record(), "i2t": {"r1": 7.0}, "ap50": 3.0})
+    assert run.values["ir_r1"] == run.values["r1"] == 10.0
+    assert run.values["tr_r1"] == 7.0 and run.values["ir_ap50"] == 3.0
+    assert run.dataset_key == "cuhk"
+    cross = run_from_record(record(dataset="synth-icfg", source_dataset="synth-cuhk"))
+    assert cross.dataset_key == "cuhk->icfg" and cross.dataset == "synth-cuhk->synth-icfg"
+    assert [dataset_key(n) for n in ("cuhk-pedes", "rstpreid", "toy")] == ["cuhk", "rstp", None]
+
+
+@pytest.mark.parametrize(
+    "bad, what",
+    [({"r1": 1.0}, "missing key"), ({**record(), "r1": 120.0}, "[0, 100]"),
+     ({**record(), "r5": "x"}, "not a number"), ([1, 2], "expected a metrics object")],
+)  # fmt: skip
+def test_bad_records_raise(bad, what):
+    with pytest.raises(DataError, match=f"m.json.*{what}" if what[0] != "[" else "m.json"):
+        run_from_record(bad, "m.json")
+
+
+def test_aggregate_mean_sample_std():
+    c = aggregate([10.0, 20.0])
+    assert (c.mean, c.n) == (15.0, 2) and c.std == pytest.approx(math.sqrt(50))
+    assert aggregate([3.0]).std is None and aggregate([]) is None
+
+
+# ---- tables ------------------------------------------------------------------------------------
+def test_table4_cells_seeds_and_caption():
+    runs = [run_from_record(record(r1=r, variant="cl", seed=s, suite="quick"))
+            for s, r in enumerate((10.0, 20.0))]  # fmt: skip
+    runs.append(run_from_record(record(r1=33.333, variant="m-rtd", suite="quick")))
+    runs.append(run_from_record(record(r1=99.0, variant="m-rtd", split="val", suite="quick")))
+    (table,) = build_our_tables(4, runs)
+    assert table.cells[("cuhk", "ITC + IMC")]["r1"].n == 2
+    assert table.cells[("cuhk", "MLM + m-RTD")]["r1"].mean == 33.333  # val run ignored
+    doc, fragment = render_table(table, {"synth-cuhk": "SynthPEDES-CUHK (120 ids)"})
+    assert r"15.00\,$\pm$\,7.07" in doc and "33.33" in doc and "76.51" in doc
+    assert "suite quick" in doc and "SynthPEDES-CUHK (120 ids)" in doc and "validation" in doc
+    assert r"\textit{m}-RTD" in doc and r"\begin{table}" in fragment and r"\documentclass" in doc
+    row = next(ln for ln in doc.splitlines() if "& MLM &" in ln)
+    assert row.count("--") == 4  # no MLM run: every ours cell empty
+
+
+def test_tables_split_by_context_and_backbone_rows():
+    runs = [run_from_record(record(backbone=b)) for b in ("tiny", "minilm")]
+    assert len(build_our_tables(1, runs)) == 2  # one table per backbone
+    (t8,) = build_our_tables(8, runs)  # Table 8: backbones are rows
+    assert t8.extra_rows == [("cuhk", "RaSa_TINY"), ("cuhk", "RaSa_MINILM")]
+    doc, _ = render_table(t8)
+    assert r"RaSa$_{\mathrm{TINY}}$" in doc and r"RaSa$_{\mathrm{TCL}}$" in doc
+
+
+def test_table7_cross_dataset_and_empty_tables():
+    runs = [run_from_record(record(r1=12.5, dataset="synth-icfg", source_dataset="synth-cuhk"))]
+    (t7,) = build_our_tables(7, runs)
+    assert t7.cells[("cuhk->icfg", "RaSa (Ours)")]["r1"].mean == 12.5
+    for number in SPECS:  # every table renders even without runs
+        (empty,) = build_our_tables(number, [])
+        doc, _ = render_table(empty)
+        assert "No run of ours" in doc and doc.count(r"\begin{tabular}") == 1
+
+
+def test_latex_escape_and_labels():
+    assert latex_escape("a_b & 50% #1 {x}") == r"a\_b \& 50\% \#1 \{x\}"
+    assert (
+        latex_escape("C→I ~^\\")
+        == r"C$\rightarrow$I \textasciitilde{}\textasciicircum{}\textbackslash{}"
+    )
+    assert method_label("p-ITM + PRD") == r"\textit{p}-ITM + PRD"
+    assert method_label("C2A2") == r"C$_2$A$_2$"
+
+
+# ---- figures -----------------------------------------------------------------------------------
+def test_sweep_points_from_meta_and_name():
+    runs = [
+        run_from_record(record(r1=1.0, sweep={"param": "p_w", "value": 0.3})),
+        run_from_record(record(r1=2.0, seed=1, sweep={"param": "p_w", "value": 0.3})),
+        run_from_record(record(r1=3.0, experiment="synth-cuhk-tiny-m-rtd-loss.p_mask_rtd=0.5")),
+        run_from_record(record(r1=4.0)),  # the default setting: every swept panel's default
+    ]
+    series = figures.sweep_series(runs)
+    assert series == {"p_w": {0.1: [4.0], 0.3: [1.0, 2.0]}, "p_m": {0.3: [4.0], 0.5: [3.0]}}
+    with pytest.raises(DataError, match="unknown sweep parameter"):
+        figures.sweep_point(run_from_record(record(sweep={"param": "lr", "value": 1})))
+
+
+def _images(root, n=12):
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (16, 32), (20 * i, 100, 50)).save(root / f"{i}.png")
+
+
+def _topk(root, n_queries=3):
+    queries = [{"caption_index": c, "caption": f"a person in a red coat number {c} " * 4,
+                "pid": c, "topk_images": [f"{(c + j) % 12}.png" for j in range(10)],
+                "topk_pids": [c if j == 2 else 99 for j in range(10)]}
+               for c in range(n_queries)]  # fmt: skip
+    return {"split": "test", "k": 10, "image_root": str(root), "queries": queries}
+
+
+def test_fig4_fig5_written(tmp_path):
+    runs = [run_from_record(record(r1=float(v * 10), sweep={"param": "lambda3", "value": v}))
+            for v in (0.1, 0.5, 1.0)]  # fmt: skip
+    paths = figures.plot_fig4(runs, tmp_path / "fig4")
+    _images(tmp_path / "imgs")
+    doc = _topk(tmp_path / "imgs")
+    paths += figures.plot_fig5([("a", doc), ("b", doc)], tmp_path / "fig5", tmp_path / "imgs")
+    assert [p.suffix for p in paths] == [".png", ".pdf"] * 2
+    assert all(p.stat().st_size > 1000 for p in paths)
+    doc["queries"][0]["topk_images"][0] = "missing.png"
+    with pytest.raises(DataError, match="missing.png"):
+        figures.plot_fig5([("", doc)], tmp_path / "bad", tmp_path / "imgs")
+
+
+def test_read_curves(tmp_path):
+    (tmp_path / "curve").mkdir()
+    (tmp_path / "curve" / "train.csv").write_text("step,loss,loss_cl\n1,2.0,1.0\n2,1.5,0.8\n")
+    (tmp_path / "metrics.json").write_text(json.dumps({"val_curve": [{"epoch": 1, "r1": 5.0}]}))
+    curves = figures.read_curves(tmp_path)
+    assert curves["train/loss"] == [(1.0, 2.0), (2.0, 1.5)]
+    assert curves["val/r1 (per epoch)"] == [(1.0, 5.0)]
+    assert figures.plot_training_curves(tmp_path, tmp_path / "c")[0].stat().st_size > 1000
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+def test_rasa_report_end_to_end(tmp_path, monkeypatch):
+    runs_dir = tmp_path / "runs"
+    for seed in (0, 1):
+        (runs_dir / f"s{seed}").mkdir(parents=True)
+        (runs_dir / f"s{seed}" / "test.json").write_text(
+            json.dumps(record(r1=20.0 + seed, seed=seed))
+        )
+    _images(tmp_path / "imgs")
+    (runs_dir / "s0" / "topk.json").write_text(json.dumps(_topk(tmp_path / "imgs", 2)))
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "data:\n  datasets:\n    synth-cuhk: {source: synth, preset: cuhk, ids: 120}\n"
+    )
+    assert len(find_metrics_files([runs_dir])) == 3
+    assert len(load_runs(find_metrics_files([runs_dir]))[0]) == 2
+
+    out = tmp_path / "results"
+    monkeypatch.chdir(tmp_path)  # not a git repository
+    rc = main(["report", "--results", str(runs_dir), "--out", str(out), "--params", str(params),
+               "--suite", "quick"])  # fmt: skip
+    assert rc == 0
+    readme = (out / "README.md").read_text()
+    assert "not in a git repository" in readme and "sha256" in readme
+    assert "table1-synth-cuhk-tiny-quick.tex" in readme and "fig5-s0.png" in readme
+    t1 = (out / "tables" / "table1-synth-cuhk-tiny-quick.tex").read_text()
+    assert r"20.50\,$\pm$\,0.71" in t1 and "SynthPEDES-CUHK (120 ids, seed 0)" in t1
+    assert (out / "tables" / "table4-synth-cuhk-tiny-quick_fragment.tex").is_file()
+    assert (out / "figures" / "fig5-s0.png").stat().st_size > 1000
+    assert not list(out.rglob(".*.tmp"))  # atomic writes left nothing behind
+
+
+def test_rasa_report_bad_results_dir(tmp_path, capsys):
+    assert main(["report", "--results", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    assert "nope" in capsys.readouterr().err
