@@ -11,7 +11,8 @@
 # Re-runnable: when the cluster is up with this configuration it returns at once.
 # Environment: RASA_SLURM_DIR (state, logs; default /tmp/rasa-slurm), RASA_SLURM_CONF_DIR
 # (default /etc/slurm: where sbatch/squeue look), RASA_SLURM_PORT (slurmctld port, default
-# 6817; slurmd uses the next one). Needs root: daemons run as root (SlurmUser=root), munged as
+# 6817; slurmd uses the next one), RASA_SLURM_PARTITIONS (default "cpu gpu", the partitions of
+# workflow/profiles/slurm; all on the one node, the first is the default). Needs root: daemons run as root (SlurmUser=root), munged as
 # user munge.
 set -euo pipefail
 
@@ -19,6 +20,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 STATE="${RASA_SLURM_DIR:-/tmp/rasa-slurm}"
 CONF_DIR="${RASA_SLURM_CONF_DIR:-/etc/slurm}"
 CTLD_PORT="${RASA_SLURM_PORT:-6817}"
+PARTITIONS="${RASA_SLURM_PARTITIONS:-cpu gpu}"
 SLURMD_PORT=$((CTLD_PORT + 1))
 MARKER="# written by rasa scripts/slurm_up.sh"
 log() { echo "slurm_up: $*"; }
@@ -51,8 +53,14 @@ def_mem=$((real_mem / cpus))
 ((def_mem > 2048)) && def_mem=2048
 ctld_host=$(hostname -s)
 mkdir -p "$STATE"/{state,spool,log} "$CONF_DIR"
+partition_lines=""
+default="YES"
+for p in $PARTITIONS; do
+  partition_lines+="PartitionName=$p Nodes=localhost Default=$default MaxTime=INFINITE State=UP\\n"
+  default="NO"
+done
 render() {
-  sed -e "s|@STATE@|$STATE|g" -e "s|@CPUS@|$cpus|g" -e "s|@REAL_MEMORY@|$real_mem|g" \
+  sed -e "s|@PARTITIONS@|${partition_lines%\\n}|" -e "s|@STATE@|$STATE|g" -e "s|@CPUS@|$cpus|g" -e "s|@REAL_MEMORY@|$real_mem|g" \
     -e "s|@DEF_MEM_PER_CPU@|$def_mem|g" -e "s|@CTLD_HOST@|$ctld_host|g" \
     -e "s|@CTLD_PORT@|$CTLD_PORT|g" -e "s|@SLURMD_PORT@|$SLURMD_PORT|g" "$1"
 }
@@ -96,7 +104,7 @@ fi
 
 # --- 4. slurmctld + slurmd ------------------------------------------------------------------
 alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
-node_state() { sinfo -h -n localhost -o %T 2>/dev/null | head -n1; }
+node_state() { sinfo -h -n localhost -o %T 2>/dev/null | head -n1 || true; }
 if alive "$STATE/slurmctld.pid" && alive "$STATE/slurmd.pid"; then
   if [[ $changed == 1 ]]; then
     log "configuration changed: reconfiguring"
@@ -118,7 +126,12 @@ else
   alive "$STATE/slurmctld.pid" || slurmctld -f "$SLURM_CONF"
   # wait (bounded) for slurmctld to listen: slurmd registering (or a client call) before
   # that retries only a second later
-  for _ in $(seq 500); do (exec 3<>"/dev/tcp/127.0.0.1/$CTLD_PORT") 2>/dev/null && break; sleep 0.01; done
+  for _ in $(seq 500); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$CTLD_PORT") 2>/dev/null && break
+    alive "$STATE/slurmctld.pid" || sleep 0.05
+    alive "$STATE/slurmctld.pid" || die "slurmctld exited: $(grep -E 'fatal|error' "$STATE/log/slurmctld.log" | tail -n1)"
+    sleep 0.01
+  done
   alive "$STATE/slurmd.pid" || slurmd -f "$SLURM_CONF" -N localhost
 fi
 
