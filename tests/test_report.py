@@ -13,7 +13,13 @@ from rasa.cli import main
 from rasa.errors import DataError
 from rasa.report import figures
 from rasa.report.paper import CSV_PATH, FIG4, KEY, load_paper_results, paper_value, table_frame
-from rasa.report.results import dataset_key, find_metrics_files, load_runs, run_from_record
+from rasa.report.results import (
+    dataset_key,
+    find_metrics_files,
+    load_runs,
+    run_from_record,
+    sweep_point,
+)
 from rasa.report.tables import (
     SPECS,
     TABLE4_VARIANTS,
@@ -117,9 +123,12 @@ def test_table4_cells_seeds_and_caption():
             for s, r in enumerate((10.0, 20.0))]  # fmt: skip
     runs.append(run_from_record(record(r1=33.333, variant="m-rtd", suite="quick")))
     runs.append(run_from_record(record(r1=99.0, variant="m-rtd", split="val", suite="quick")))
+    sweep = {"param": "p_w", "value": 0.3}
+    runs.append(run_from_record(record(r1=98.0, variant="m-rtd", suite="quick", sweep=sweep)))
     (table,) = build_our_tables(4, runs)
     assert table.cells[("cuhk", "ITC + IMC")]["r1"].n == 2
-    assert table.cells[("cuhk", "MLM + m-RTD")]["r1"].mean == 33.333  # val run ignored
+    cell = table.cells[("cuhk", "MLM + m-RTD")]["r1"]
+    assert (cell.mean, cell.n) == (33.333, 1)  # the val run and the sweep run are left out
     doc, fragment = render_table(table, {"synth-cuhk": "SynthPEDES-CUHK (120 ids)"})
     assert r"15.00\,$\pm$\,7.07" in doc and "33.33" in doc and "76.51" in doc
     assert "suite quick" in doc and "SynthPEDES-CUHK (120 ids)" in doc and "validation" in doc
@@ -168,7 +177,7 @@ def test_sweep_points_from_meta_and_name():
     series = figures.sweep_series(runs)
     assert series == {"p_w": {0.1: [4.0], 0.3: [1.0, 2.0]}, "p_m": {0.3: [4.0], 0.5: [3.0]}}
     with pytest.raises(DataError, match="unknown sweep parameter"):
-        figures.sweep_point(run_from_record(record(sweep={"param": "lr", "value": 1})))
+        sweep_point(run_from_record(record(sweep={"param": "lr", "value": 1})))
 
 
 def _images(root, n=12):

@@ -172,7 +172,7 @@ def build_report(
     n_queries: int = 3,
 ) -> Report:
     from rasa.report import figures
-    from rasa.report.results import find_metrics_files, load_runs
+    from rasa.report.results import find_metrics_files, load_runs, sweep_point
     from rasa.report.tables import SPECS, build_our_tables, render_table, table_slug
 
     out = Path(out)
@@ -208,14 +208,14 @@ def build_report(
     # figures
     index.append("\n## Figures\n")
     fig_dir = out / "figures"
-    sweep_runs = [r for r in runs if figures.sweep_point(r) is not None]
+    sweep_runs = [r for r in runs if sweep_point(r) is not None]
     if sweep_runs:
         contexts: dict[tuple, list] = {}
         for r in runs:
             key = (r.dataset, r.get("backbone"), r.get("suite"))
             contexts.setdefault(key, []).append(r)
         for key, group in contexts.items():
-            if not any(figures.sweep_point(r) for r in group):
+            if not any(sweep_point(r) for r in group):
                 continue
             stem = "fig4-" + _slug("_".join(str(k) for k in key if k))
             title = "Fig. 4: R@1 (test) vs hyper-parameters — " + ", ".join(
@@ -242,6 +242,24 @@ def build_report(
             continue
         report.outputs += paths
         index.append(f"- Fig. 5 ({label}): [`figures/{stem}.png`](figures/{stem}.png)")
+    if topk and len(topk_files) > 1:  # as in the paper: one row per model on the same queries
+        try:
+            docs = [(label, figures.load_topk(path)) for label, path in topk_files]
+            roots = [figures.resolve_image_root(doc, annotations) for _, doc in docs]
+            shared = set.intersection(
+                *({q.get("caption_index", i) for i, q in enumerate(d["queries"])} for _, d in docs)
+            )
+            chosen = [
+                c for c in (q.get("caption_index") for q in docs[0][1]["queries"]) if c in shared
+            ]
+            paths = figures.plot_fig5(docs, fig_dir / "fig5-compare", roots,
+                                      queries=chosen[:n_queries])  # fmt: skip
+            report.outputs += paths
+            labels = ", ".join(label for label, _ in docs)
+            index.append(f"- Fig. 5 ({labels}, row by row): [`figures/fig5-compare.png`]"
+                         "(figures/fig5-compare.png)")  # fmt: skip
+        except DataError as exc:
+            report.notes.append(f"Fig. 5 comparison skipped: {exc}")
     if not topk_files:
         index.append("- Fig. 5: no top-k file among the results.")
     for run in runs:

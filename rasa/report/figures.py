@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import textwrap
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -34,31 +33,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rasa.errors import DataError  # noqa: E402
 from rasa.io import atomic_path  # noqa: E402
 from rasa.report.paper import FIG4, FIG4_DEFAULT_R1, paper_value  # noqa: E402
-from rasa.report.results import Run  # noqa: E402
+from rasa.report.results import Run, sweep_point  # noqa: E402
 from rasa.report.tables import aggregate, dedupe_seeds  # noqa: E402
-
-# params.yaml loss keys (and their dotted forms) that are Fig. 4's parameters
-PARAM_ALIASES = {
-    "p_w": "p_w",
-    "p_weak": "p_w",
-    "loss.p_weak": "p_w",
-    "p_m": "p_m",
-    "p_mask_rtd": "p_m",
-    "loss.p_mask_rtd": "p_m",
-    "lambda1": "lambda1",
-    "lambda_prd": "lambda1",
-    "loss.lambda_prd": "lambda1",
-    "lambda2": "lambda2",
-    "lambda_rtd": "lambda2",
-    "loss.lambda_rtd": "lambda2",
-    "lambda3": "lambda3",
-    "lambda_cl": "lambda3",
-    "loss.lambda_cl": "lambda3",
-}
-_NAME_RE = re.compile(
-    r"(?<![A-Za-z])(" + "|".join(re.escape(k) for k in sorted(PARAM_ALIASES, key=len)[::-1]) + r")"
-    r"=([0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"
-)
 
 
 def save_figure(fig: plt.Figure, out_stem: str | Path, formats: Sequence[str] = ("png", "pdf")):
@@ -74,29 +50,6 @@ def save_figure(fig: plt.Figure, out_stem: str | Path, formats: Sequence[str] = 
 
 
 # ---- Fig. 4 ------------------------------------------------------------------------------
-def sweep_point(run: Run) -> tuple[str, float] | None:
-    """(parameter, value) of a sweep run, or None for a run outside the sweeps."""
-    sweep = run.get("sweep")
-    if isinstance(sweep, Mapping) and "param" in sweep and "value" in sweep:
-        param, value = sweep["param"], sweep["value"]
-    elif run.get("sweep_param") is not None and run.get("sweep_value") is not None:
-        param, value = run.get("sweep_param"), run.get("sweep_value")
-    else:
-        m = _NAME_RE.search(str(run.get("experiment") or ""))
-        if not m:
-            return None
-        param, value = m.group(1), m.group(2)
-    if param not in PARAM_ALIASES:
-        raise DataError(
-            f"{run.path}, key 'meta.sweep': unknown sweep parameter {param!r}; expected one of "
-            f"{sorted(set(PARAM_ALIASES.values()))} (or their params.yaml names)."
-        )
-    try:
-        return PARAM_ALIASES[param], float(value)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{run.path}, key 'meta.sweep': value {value!r} is not a number.") from exc
-
-
 def sweep_series(
     runs: Sequence[Run], metric: str = "r1", split: str = "test"
 ) -> dict[str, dict[float, list[float]]]:

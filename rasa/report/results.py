@@ -12,18 +12,44 @@ tables (rasa/report/tables.py) and figures (rasa/report/figures.py) can look the
 
 Optional meta keys the report understands: ``suite`` (which suite produced the run),
 ``source_dataset`` / ``train_dataset`` (Table 7: trained on one dataset, evaluated on
-another), ``sweep`` = ``{"param": "p_w", "value": 0.2}`` (Fig. 4; see figures.py).
+another), ``sweep`` = ``{"param": "p_w", "value": 0.2}`` (or ``sweep_param`` and
+``sweep_value``; or ``p_w=0.2`` / ``loss.p_weak=0.2`` in the experiment name): a Fig. 4 point,
+left out of the tables.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rasa.errors import DataError
+
+# params.yaml loss keys (and their dotted forms) that are Fig. 4's parameters
+PARAM_ALIASES = {
+    "p_w": "p_w",
+    "p_weak": "p_w",
+    "loss.p_weak": "p_w",
+    "p_m": "p_m",
+    "p_mask_rtd": "p_m",
+    "loss.p_mask_rtd": "p_m",
+    "lambda1": "lambda1",
+    "lambda_prd": "lambda1",
+    "loss.lambda_prd": "lambda1",
+    "lambda2": "lambda2",
+    "lambda_rtd": "lambda2",
+    "loss.lambda_rtd": "lambda2",
+    "lambda3": "lambda3",
+    "lambda_cl": "lambda3",
+    "loss.lambda_cl": "lambda3",
+}
+_NAME_RE = re.compile(
+    r"(?<![A-Za-z])(" + "|".join(re.escape(k) for k in sorted(PARAM_ALIASES, key=len)[::-1]) + r")"
+    r"=([0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"
+)
 
 REQUIRED = ("r1", "r5", "r10", "mAP")
 # substring of a dataset name -> the paper's dataset key (first match wins)
@@ -151,3 +177,26 @@ def load_runs(files: Iterable[str | Path], strict: bool = False) -> tuple[list[R
             continue
         runs.append(run_from_record(record, f))
     return runs, skipped
+
+
+def sweep_point(run: Run) -> tuple[str, float] | None:
+    """(parameter, value) of a sweep run, or None for a run outside the sweeps."""
+    sweep = run.get("sweep")
+    if isinstance(sweep, Mapping) and "param" in sweep and "value" in sweep:
+        param, value = sweep["param"], sweep["value"]
+    elif run.get("sweep_param") is not None and run.get("sweep_value") is not None:
+        param, value = run.get("sweep_param"), run.get("sweep_value")
+    else:
+        m = _NAME_RE.search(str(run.get("experiment") or ""))
+        if not m:
+            return None
+        param, value = m.group(1), m.group(2)
+    if param not in PARAM_ALIASES:
+        raise DataError(
+            f"{run.path}, key 'meta.sweep': unknown sweep parameter {param!r}; expected one of "
+            f"{sorted(set(PARAM_ALIASES.values()))} (or their params.yaml names)."
+        )
+    try:
+        return PARAM_ALIASES[param], float(value)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{run.path}, key 'meta.sweep': value {value!r} is not a number.") from exc

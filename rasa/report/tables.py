@@ -9,7 +9,9 @@ Which of our runs fill which row is declared in :data:`SPECS` (one :class:`RowRu
 paper row we reproduce: Table 4 rows <- the ten variants, Tables 1-3/5-7 "RaSa (Ours)" <-
 ``m-rtd``, Table 8 <- one row per backbone). Runs are split into one table per *context*
 (the meta fields in ``TableSpec.context``, e.g. dataset and backbone), so numbers from a
-synthetic dataset and a real one are never mixed in one cell.
+synthetic dataset and a real one are never mixed in one cell. Only runs of the requested split
+(test) count, Fig. 4 sweep runs do not, and one run per seed does (a later file of the same
+seed replaces an earlier one).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rasa.report.paper import load_paper_results
-from rasa.report.results import Run
+from rasa.report.results import Run, sweep_point
 
 METRIC_LABELS = {
     "r1": "R@1",
@@ -219,6 +221,8 @@ def build_our_tables(number: int, runs: Sequence[Run], split: str = "test") -> l
     groups: dict[tuple, dict[tuple[str, str], list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         if run.get("split", split) != split or run.dataset_key not in datasets:
+            continue
+        if sweep_point(run) is not None:  # Fig. 4 runs: not the paper's setting
             continue
         for rule in spec.rules:
             if rule.matches(run):
