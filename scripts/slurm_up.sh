@@ -105,34 +105,33 @@ fi
 # --- 4. slurmctld + slurmd ------------------------------------------------------------------
 alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 node_state() { sinfo -h -n localhost -o %T 2>/dev/null | head -n1 || true; }
-if alive "$STATE/slurmctld.pid" && alive "$STATE/slurmd.pid"; then
-  if [[ $changed == 1 ]]; then
-    log "configuration changed: reconfiguring"
-    scontrol reconfigure
-  else
-    case "$(node_state)" in
-      idle* | mixed* | allocated* | completing*) log "already up ($(node_state))"; exit 0 ;;
-    esac
-  fi
+if alive "$STATE/slurmctld.pid" && alive "$STATE/slurmd.pid" && [[ $changed == 0 ]]; then
+  case "$(node_state)" in
+    idle* | mixed* | allocated* | completing*) log "already up ($(node_state))"; exit 0 ;;
+  esac
 else
-  # stale daemons from a previous run with another configuration: stop them first
+  # daemons of a previous configuration (node and partition changes need a restart), or one
+  # of the pair died: stop what runs, then start both
+  [[ $changed == 1 ]] && alive "$STATE/slurmctld.pid" && log "configuration changed: restarting"
   for d in slurmd slurmctld; do
     if alive "$STATE/$d.pid"; then kill "$(cat "$STATE/$d.pid")"; fi
   done
-  for _ in $(seq 100); do
+  for _ in $(seq 200); do
     alive "$STATE/slurmd.pid" || alive "$STATE/slurmctld.pid" || break
-    sleep 0.02
+    sleep 0.05
   done
-  alive "$STATE/slurmctld.pid" || slurmctld -f "$SLURM_CONF"
+  slurmctld -f "$SLURM_CONF"
   # wait (bounded) for slurmctld to listen: slurmd registering (or a client call) before
   # that retries only a second later
-  for _ in $(seq 500); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$CTLD_PORT") 2>/dev/null && break
-    alive "$STATE/slurmctld.pid" || sleep 0.05
-    alive "$STATE/slurmctld.pid" || die "slurmctld exited: $(grep -E 'fatal|error' "$STATE/log/slurmctld.log" | tail -n1)"
+  t0=$SECONDS
+  until (exec 3<>"/dev/tcp/127.0.0.1/$CTLD_PORT") 2>/dev/null; do
+    if ((SECONDS - t0 >= 2)) && ! alive "$STATE/slurmctld.pid"; then
+      die "slurmctld exited: $(grep -E 'fatal|error' "$STATE/log/slurmctld.log" | tail -n1)"
+    fi
+    ((SECONDS - t0 < 30)) || die "slurmctld does not listen on port $CTLD_PORT; see $STATE/log/"
     sleep 0.01
   done
-  alive "$STATE/slurmd.pid" || slurmd -f "$SLURM_CONF" -N localhost
+  slurmd -f "$SLURM_CONF" -N localhost
 fi
 
 # wait (bounded) for the node to register; resume it if a previous run left it down/drained
