@@ -248,6 +248,9 @@ def test_rasa_report_end_to_end(tmp_path, monkeypatch):
     assert (out / "tables" / "table4-synth-cuhk-tiny-quick_fragment.tex").is_file()
     assert (out / "figures" / "fig5-s0.png").stat().st_size > 1000
     assert not list(out.rglob(".*.tmp"))  # atomic writes left nothing behind
+    comp = pd.read_csv(out / "comparison.csv")
+    row = comp[(comp.table == 1) & (comp.metric == "r1")].iloc[0]
+    assert (row.method, row.paper, row.ours_mean, row.n_seeds) == ("RaSa (Ours)", 76.51, 20.5, 2)
 
 
 def test_rasa_report_bad_results_dir(tmp_path, capsys):

@@ -3,7 +3,8 @@
 
     rasa report --results results/runs --out results [--compile] [--topk FILE[=LABEL] ...]
 
-Collects every metrics JSON under the ``--results`` directories, writes
+Collects every metrics JSON under the ``--results`` directories, writes ``<out>/comparison.csv``
+(every number of ours beside the paper's, long format),
 ``<out>/tables/tableN[-context].tex`` (standalone, compiles with pdflatex) and
 ``..._fragment.tex`` (a ``table`` float to ``\\input``), ``<out>/figures/`` (Fig. 4 when sweep
 runs exist, Fig. 5 from top-k files, training curves) and ``<out>/README.md`` indexing what
@@ -171,9 +172,17 @@ def build_report(
     annotations: str | Path | None = None,
     n_queries: int = 3,
 ) -> Report:
+    import pandas as pd
+
     from rasa.report import figures
     from rasa.report.results import find_metrics_files, load_runs, sweep_point
-    from rasa.report.tables import SPECS, build_our_tables, render_table, table_slug
+    from rasa.report.tables import (
+        SPECS,
+        build_our_tables,
+        comparison_rows,
+        render_table,
+        table_slug,
+    )
 
     out = Path(out)
     files = find_metrics_files(results)
@@ -185,10 +194,12 @@ def build_report(
     index: list[str] = []
 
     # tables
+    comparison: list[dict[str, Any]] = []
     index.append("## Tables\n")
     index.append("Each metric: the paper's number, then ours (`--`: no run / not in the paper).\n")
     for number in SPECS:
         for table in build_our_tables(number, runs, split=split):
+            comparison += comparison_rows(table)
             slug = table_slug(table)
             stem = f"table{number}" + (f"-{slug}" if slug else "")
             doc, fragment = render_table(table, datasets, label=f"tab:rasa-{stem}")
@@ -204,6 +215,15 @@ def build_report(
             ctx = ", ".join(f"{k}={v}" for k, v in table.context.items() if v is not None)
             line += f" — {len(table.runs)} run(s)" + (f" ({ctx})" if ctx else "")
             index.append(line)
+
+    comparison_csv = out / "comparison.csv"
+    with atomic_path(comparison_csv, suffix=".csv") as tmp:
+        pd.DataFrame(comparison, columns=list(COMPARISON_COLUMNS)).to_csv(tmp, index=False)
+    report.outputs.append(comparison_csv)
+    index.append(
+        f"- Every number of ours beside the paper's, long format: [`comparison.csv`](comparison.csv)"
+        f" ({len(comparison)} rows)"
+    )
 
     # figures
     index.append("\n## Figures\n")
@@ -303,6 +323,10 @@ def build_report(
     write_text(report.readme, "\n".join(head + index) + "\n")
     report.outputs.append(report.readme)
     return report
+
+
+COMPARISON_COLUMNS = ("table", "context", "dataset", "method", "metric", "paper", "ours_mean",
+                      "ours_std", "n_seeds")  # fmt: skip
 
 
 def _has_val_curve(path: str | Path) -> bool:

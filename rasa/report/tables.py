@@ -455,3 +455,29 @@ def table_slug(table: OurTable) -> str:
     """File-name part for a context (empty for a table without runs)."""
     values = [str(v) for v in table.context.values() if v not in (None, "")]
     return re.sub(r"[^A-Za-z0-9.=-]+", "-", "_".join(values)).strip("-")
+
+
+def comparison_rows(table: OurTable) -> list[dict[str, Any]]:
+    """Long-format rows of every cell where we have a number: table, context, dataset, method,
+    metric, paper value (None for '-'), our mean, std and number of seeds (for CSV/DVC)."""
+    spec = table.spec
+    paper = paper_lookup(spec.number)
+    ctx = ";".join(f"{k}={v}" for k, v in table.context.items() if v is not None)
+    out = []
+    for (dkey, method), cells in table.cells.items():
+        for col, cell in cells.items():
+            dataset, metric = col.split(":", 1) if ":" in col else (dkey, col)
+            out.append(
+                {
+                    "table": spec.number,
+                    "context": ctx,
+                    "dataset": dataset,
+                    "method": method,
+                    "metric": metric,
+                    "paper": paper.get((dataset, method, metric)),
+                    "ours_mean": round(cell.mean, 4),
+                    "ours_std": None if cell.std is None else round(cell.std, 4),
+                    "n_seeds": cell.n,
+                }
+            )
+    return out
