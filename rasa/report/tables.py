@@ -325,8 +325,8 @@ def describe_context(table: OurTable, datasets: Mapping[str, str] | None = None)
     text = "Ours from " + "; ".join(parts)
     text += "; checkpoint selected on validation, test split evaluated once"
     if any(c.n > 1 for row in table.cells.values() for c in row.values()):
-        text += r"; mean $\pm$ sample std over seeds (runs column)"
-    return latex_escape(text).replace(r"\$\textbackslash{}pm\$", r"$\pm$")
+        text += "; mean ± sample std over seeds (runs column)"
+    return latex_escape(text)
 
 
 def _columns(spec: TableSpec) -> list[tuple[str, str]]:
