@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from rasa.errors import ConfigError
+from rasa.models.rasa_model import gather_image_kv
 from rasa.objectives import (
     LossConfig,
     contrastive_loss,
@@ -170,10 +171,6 @@ def compute_losses(
     return losses
 
 
-def _gather_kv(image_kv: list[tuple[Tensor, Tensor]], index: Tensor) -> list[tuple[Tensor, Tensor]]:
-    return [(k.index_select(0, index), v.index_select(0, index)) for k, v in image_kv]
-
-
 def _relation_aware(
     model: Any,
     variant: Variant,
@@ -201,7 +198,7 @@ def _relation_aware(
     fused = model.fuse(
         text_tokens.index_select(0, t_idx),
         text_mask.index_select(0, t_idx),
-        image_kv=_gather_kv(image_kv, i_idx),
+        image_kv=gather_image_kv(image_kv, i_idx),
     )
     out: dict[str, Tensor] = {}
     replace = batch["replace"].view(-1)
@@ -276,7 +273,7 @@ def _sensitivity_aware(
     n = len(online_ids)
     stacked = torch.cat(online_ids, dim=0)
     stacked_mask = mask.repeat(n, 1)
-    kv = _gather_kv(image_kv, torch.arange(bsz, device=ids.device).repeat(n))
+    kv = gather_image_kv(image_kv, torch.arange(bsz, device=ids.device).repeat(n))
     hidden = model.fuse(model.encode_text(stacked, stacked_mask), stacked_mask, image_kv=kv)
 
     if variant.mlm:
@@ -327,7 +324,7 @@ def _stack_logits(
         model.encode_text(ids, masks, momentum=momentum),
         masks,
         momentum=momentum,
-        image_kv=_gather_kv(kv, index),
+        image_kv=gather_image_kv(kv, index),
     )
     positions = torch.cat(
         [pos + torch.tensor([k * bsz, 0], device=pos.device) for k, (_, pos) in enumerate(inputs)]
