@@ -212,7 +212,11 @@ def test_read_curves(tmp_path):
     (tmp_path / "curve").mkdir()
     (tmp_path / "curve" / "train.csv").write_text("step,loss,loss_cl\n1,2.0,1.0\n2,1.5,0.8\n")
     (tmp_path / "metrics.json").write_text(json.dumps({"val_curve": [{"epoch": 1, "r1": 5.0}]}))
+    tsv = tmp_path / "curve" / "plots" / "metrics" / "train" / "loss_itm.tsv"  # dvclive layout
+    tsv.parent.mkdir(parents=True)
+    tsv.write_text("step\tloss_itm\n0\t0.7\n1\t0.6\n")
     curves = figures.read_curves(tmp_path)
+    assert curves["train/loss_itm"] == [(0.0, 0.7), (1.0, 0.6)]
     assert curves["train/loss"] == [(1.0, 2.0), (2.0, 1.5)]
     assert curves["val/r1 (per epoch)"] == [(1.0, 5.0)]
     assert figures.plot_training_curves(tmp_path, tmp_path / "c")[0].stat().st_size > 1000
