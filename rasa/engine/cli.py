@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument(
+        "--no-dvclive", action="store_true", help="write curves as CSV/JSONL instead of dvclive"
+    )
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
@@ -91,8 +94,9 @@ def _train(args: argparse.Namespace) -> int:
         cfg = resolve_experiment(load_params(args.params), args.experiment, sets, args.params)
     try:
         metrics = train(
-            cfg, args.out, device=args.device, resume=args.resume, progress=not args.no_progress
-        )
+            cfg, args.out, device=args.device, resume=args.resume,
+            progress=not args.no_progress, dvclive=not args.no_dvclive,
+        )  # fmt: skip
     except Preempted as exc:
         print(f"{exc}; checkpoint saved, exit {EX_TEMPFAIL} (requeue and run with --resume)")
         return EX_TEMPFAIL

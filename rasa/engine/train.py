@@ -29,6 +29,7 @@ import math
 import random
 import signal
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,14 @@ def train(
     device: str = "auto",
     resume: bool = False,
     progress: bool = True,
+    dvclive: bool = True,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``cfg`` into ``out``; returns the metrics written to ``out/metrics.json``."""
+    """Train ``cfg`` into ``out``; returns the metrics written to ``out/metrics.json``.
+
+    ``dvclive=False`` writes the curves as CSV/JSONL (no DVC import); ``on_step(step)`` is
+    called after every optimizer step (monitoring, tests).
+    """
     from rasa.data.annotations import Annotations
     from rasa.data.dataset import TrainDataset, collate
     from rasa.data.token_cache import load_cache
@@ -192,7 +199,7 @@ def train(
         else nullcontext()
     )
 
-    log = CurveLogger(out, enabled=main, resume=resume and step > 0)
+    log = CurveLogger(out, enabled=main, resume=resume and step > 0, dvclive=dvclive)
     log.text(
         f"experiment {cfg.name}: {cfg.dataset} / {cfg.backbone} / {cfg.variant}, seed "
         f"{cfg.seed}; {n} training pairs, {steps_per_epoch} steps/epoch, {total_steps} steps; "
@@ -273,6 +280,8 @@ def train(
                     bar.set_postfix(loss=f"{sums['loss']:.3f}",
                                     pairs_s=f"{bar.n * tc.batch_size / max(dt, 1e-9):.1f}")  # fmt: skip
                     bar.update(1)
+                if on_step is not None:
+                    on_step(step)
                 # periodic checkpoint, preemption, step budget
                 flag = torch.tensor(float(stop["signal"] is not None))
                 if dist.enabled:
@@ -506,7 +515,7 @@ class CurveLogger:
     The log is appended line by line (a stream, not a result file).
     """
 
-    def __init__(self, out: Path, enabled: bool, resume: bool) -> None:
+    def __init__(self, out: Path, enabled: bool, resume: bool, dvclive: bool = True) -> None:
         self.enabled = enabled
         self.live = None
         self.csv_header: list[str] | None = None
@@ -517,8 +526,11 @@ class CurveLogger:
         if not resume:
             self.log_path.write_text("", encoding="utf-8")
         try:
+            if not dvclive:
+                raise RuntimeError("disabled by the caller")
             from dvclive import Live
 
+            # dvclive runs `dvc init` in the enclosing git repository when it is no DVC repo.
             self.live = Live(str(out / "curve"), resume=resume, save_dvc_exp=False, dvcyaml=False)
         except Exception as exc:  # noqa: BLE001 - any dvclive failure falls back to CSV
             self.text(f"dvclive unavailable ({type(exc).__name__}: {exc}); curves as CSV/JSONL")
