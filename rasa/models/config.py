@@ -138,6 +138,8 @@ class ModelConfig:
     def replace(self, **overrides: Any) -> ModelConfig:
         """A copy with ``overrides`` applied (unknown keys raise :class:`ConfigError`)."""
         d = self.to_dict()
+        if "vision_width" in overrides and "vision_heads" not in overrides:
+            d["vision_heads"] = 0  # re-derive width / 64 for the new width
         d.update(overrides)
         return ModelConfig.from_dict(d, source=f"overrides for model {self.name!r}")
 

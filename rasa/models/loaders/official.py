@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rasa.errors import DataError
+from rasa.errors import ConfigError, DataError
 from rasa.io import torch_save, write_json
 from rasa.models.config import ModelConfig
 from rasa.models.loaders.common import (
@@ -189,6 +189,11 @@ def export_official(model: RaSaModel, path: str | Path, extra_config: dict | Non
     """Write ``model`` as an official checkpoint (+ ``config_bert.json`` beside it)."""
     path = Path(path)
     c = model.config
+    if c.vision_heads != max(1, c.vision_width // 64):
+        raise ConfigError(
+            f"Cannot export model {c.name!r} in the official layout: it has {c.vision_heads} ViT "
+            f"heads, but official checkpoints imply width / 64 = {c.vision_width // 64}."
+        )
     bert = {
         "architectures": ["BertForMaskedLM"],
         "attention_probs_dropout_prob": c.attention_dropout,

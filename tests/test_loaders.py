@@ -1,0 +1,255 @@
+"""Checkpoint loaders: official RaSa round trip, ALBEF/TCL layout, MiniLM, strict accounting.
+
+Each loader is exercised by writing a randomly initialised small model in that checkpoint's
+exact key layout and loading it back: outputs must be identical.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rasa.errors import DataError
+from rasa.models import create_model
+from rasa.models.loaders import export_official, load_albef, load_official, load_tcl
+from rasa.models.loaders.official import ours_to_official
+
+FIXTURE = Path(__file__).parent / "fixtures" / "official_rasa_tiny"
+
+# BERT heads = width / 64 in ALBEF-layout checkpoints (no config file travels with them).
+SIZES = dict(
+    image_size=(48, 32),
+    patch_size=16,
+    vision_width=64,
+    vision_depth=2,
+    vision_mlp_dim=96,
+    vocab_size=101,
+    text_width=128,
+    text_heads=2,
+    text_intermediate=160,
+    num_layers=3,
+    fusion_layer=1,
+    max_position_embeddings=24,
+    embed_dim=24,
+    queue_size=12,
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+)
+
+
+def random_model(**kw):
+    torch.manual_seed(0)
+    m = create_model("tiny", **{**SIZES, **kw})
+    with torch.no_grad():  # make the momentum copy, temperature and queue state non-trivial
+        for p in m.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        m.temp.fill_(0.05)
+        m.idx_queue[0, :5] = torch.arange(5)
+        m.queue_ptr.fill_(5)
+    return m.eval()
+
+
+def inputs(image_size=(48, 32)):
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn(2, 3, *image_size, generator=g)
+    ids = torch.randint(5, 101, (2, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    return images, ids, mask
+
+
+@torch.no_grad()
+def outputs(m, image_size=(48, 32)):
+    images, ids, mask = inputs(image_size)
+    out = {}
+    for momentum in (False, True):
+        it = m.encode_image(images, momentum)
+        tt = m.encode_text(ids, mask, momentum)
+        fused = m.fuse(tt, mask, it, momentum)
+        out[momentum] = [
+            m.image_embed(it, momentum),
+            m.text_embed(tt, momentum),
+            m.itm_logits(fused),
+            m.prd_logits(fused),
+            m.rtd_logits(fused),
+            m.mlm_logits(fused, torch.tensor([[0, 1], [1, 2]]), momentum),
+        ]
+    return out
+
+
+def assert_same_outputs(a, b, image_size=(48, 32)):
+    oa, ob = outputs(a, image_size), outputs(b, image_size)
+    for momentum in oa:
+        for x, y in zip(oa[momentum], ob[momentum], strict=True):
+            assert torch.equal(x, y)
+
+
+def assert_same_state(a, b, skip=()):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        if not k.startswith(skip):
+            assert torch.equal(sa[k], sb[k]), k
+
+
+# ---------------------------------------------------------------------------- official
+def test_official_round_trip(tmp_path):
+    m = random_model()
+    export_official(m, tmp_path / "ckpt.pth", extra_config={"k_test": 4})
+    assert (tmp_path / "config_bert.json").is_file()
+    back = load_official(tmp_path / "ckpt.pth").eval()
+    assert back.load_report.ok and not back.load_report.new
+    assert back.checkpoint_config["k_test"] == 4
+    assert back.config.image_size == (48, 32) and back.config.text_heads == 2
+    assert_same_state(m, back)
+    assert_same_outputs(m, back)
+
+
+def test_export_of_fixture_reproduces_the_official_file(tmp_path):
+    """Loading the official fixture and exporting it gives back exactly its keys and tensors."""
+    m = load_official(FIXTURE / "checkpoint.pth")
+    official = torch.load(FIXTURE / "checkpoint.pth", weights_only=True)
+    export_official(m, tmp_path / "ckpt.pth")
+    ours = torch.load(tmp_path / "ckpt.pth", weights_only=True)
+    assert ours["model"].keys() == official["model"].keys()
+    for k, v in official["model"].items():
+        assert torch.equal(ours["model"][k], v), k
+    bert = json.loads((tmp_path / "config_bert.json").read_text())
+    ref = json.loads((FIXTURE / "config_bert.json").read_text())
+    for key in (
+        "hidden_size",
+        "num_attention_heads",
+        "fusion_layer",
+        "layer_norm_eps",
+        "vocab_size",
+    ):
+        assert bert[key] == ref[key]
+    assert ours["config"]["image_res"] == list(official["config"]["image_res"])
+
+
+def test_official_resolution_change_interpolates(tmp_path):
+    export_official(random_model(), tmp_path / "ckpt.pth")
+    m = load_official(tmp_path / "ckpt.pth", image_size=(64, 48))
+    assert m.visual_encoder.pos_embed.shape == (1, 1 + 4 * 3, 64)
+    assert any("interpolated (3, 2) -> (4, 3)" in n for n in m.load_report.notes)
+    with torch.no_grad():
+        assert m.encode_image(torch.randn(1, 3, 64, 48)).shape == (1, 13, 64)
+
+
+def _save(sd, path, **extra):
+    torch.save({"model": sd, **extra}, path)
+    return path
+
+
+def test_strict_loader_reports_missing_and_unexpected(tmp_path):
+    export_official(random_model(), tmp_path / "ckpt.pth")
+    ck = torch.load(tmp_path / "ckpt.pth", weights_only=True)
+    sd = dict(ck["model"])
+    del sd["itm_head.weight"]
+    sd["foo.bar.0.weight"] = torch.zeros(1)
+    _save(sd, tmp_path / "ckpt.pth", config=ck["config"])
+    with pytest.raises(DataError, match=r"missing: itm_head\.weight \(1\)") as err:
+        load_official(tmp_path / "ckpt.pth")
+    assert "unexpected: foo.bar.* (1)" in str(err.value)
+    m = load_official(tmp_path / "ckpt.pth", strict=False)
+    assert m.load_report.missing == ["itm_head.weight"]
+    assert m.load_report.unexpected == ["foo.bar.0.weight"]
+
+
+def test_broken_tie_is_an_error(tmp_path):
+    export_official(random_model(), tmp_path / "ckpt.pth")
+    ck = torch.load(tmp_path / "ckpt.pth", weights_only=True)
+    ck["model"]["text_encoder.cls.predictions.decoder.weight"] += 1
+    torch.save(ck, tmp_path / "ckpt.pth")
+    with pytest.raises(DataError, match="tied"):
+        load_official(tmp_path / "ckpt.pth")
+
+
+def test_missing_bert_config_and_file(tmp_path):
+    export_official(random_model(), tmp_path / "ckpt.pth")
+    (tmp_path / "config_bert.json").unlink()
+    with pytest.raises(DataError, match="config_bert.json"):
+        load_official(tmp_path / "ckpt.pth")
+    with pytest.raises(DataError, match="does not exist"):
+        load_official(tmp_path / "nope.pth")
+
+
+def test_shape_mismatch_is_an_error(tmp_path):
+    from rasa.models.loaders.common import load_into
+
+    m = random_model()
+    sd = m.state_dict()
+    sd["itm_head.weight"] = torch.zeros(3, 3)
+    with pytest.raises(DataError, match="shape mismatch for itm_head.weight"):
+        load_into(m, sd, "test")
+
+
+# ---------------------------------------------------------------------------- ALBEF / TCL
+def albef_state(m, drop_momentum=False):
+    """``m`` written in the ALBEF pre-training layout (no RaSa heads, no idx_queue)."""
+    sd = ours_to_official(m)
+    for k in list(sd):
+        if k.startswith(("prd_head.", "mrtd_head.", "idx_queue")) or k.endswith("position_ids"):
+            del sd[k]
+        elif drop_momentum and "_m." in k:
+            del sd[k]
+    return sd
+
+
+@pytest.mark.parametrize("loader", [load_albef, load_tcl])
+def test_albef_layout_round_trip(tmp_path, loader):
+    m = random_model(image_size=(32, 32))  # ALBEF/TCL grids are square
+    path = _save(albef_state(m), tmp_path / "albef.pth", epoch=3)
+    back = loader(
+        path, image_size=(32, 32), queue_size=12, hidden_dropout=0.0, attention_dropout=0.0
+    )
+    back.eval()
+    rep = back.load_report
+    assert rep.ok
+    assert set(rep.new) == {
+        "prd_head.weight",
+        "prd_head.bias",
+        "mrtd_head.weight",
+        "mrtd_head.bias",
+        "idx_queue",
+    }
+    assert back.config.name == loader.__name__.removeprefix("load_") and not back.config.add_sep
+    assert_same_state(m, back, skip=("prd_head", "mrtd_head", "idx_queue"))
+    with torch.no_grad():
+        back.prd_head.load_state_dict(m.prd_head.state_dict())
+        back.mrtd_head.load_state_dict(m.mrtd_head.state_dict())
+    assert_same_outputs(m, back, image_size=(32, 32))
+
+
+def test_albef_without_momentum_copies_online_and_resizes(tmp_path):
+    m = random_model(image_size=(32, 32))
+    path = _save(albef_state(m, drop_momentum=True), tmp_path / "albef.pth")
+    back = load_albef(path, image_size=(48, 32), queue_size=7)
+    rep = back.load_report
+    assert rep.ok and any(k.startswith("visual_encoder_m.") for k in rep.new)
+    assert any("momentum copy = online" in n for n in rep.notes)
+    assert any("(2, 2) -> (3, 2)" in n for n in rep.notes)
+    assert any("queues" in n for n in rep.notes) and back.image_queue.shape == (24, 7)
+    assert torch.equal(back.visual_encoder_m.pos_embed, back.visual_encoder.pos_embed)
+    assert torch.equal(
+        back.text_encoder_m.encoder.layer[2].crossattention.self.key.weight,
+        m.text_encoder.encoder.layer[2].crossattention.self.key.weight,
+    )
+
+
+def test_registry_pretrained_paths(tmp_path):
+    m = random_model(image_size=(32, 32))
+    path = _save(albef_state(m), tmp_path / "tcl.pth")
+    tcl = create_model("tcl", pretrained=path, image_size=(32, 32), queue_size=12)
+    assert tcl.config.vision_width == 64 and tcl.config.fusion_layer == 1
+    export_official(m, tmp_path / "official.pth")
+    off = create_model("official", pretrained=tmp_path / "official.pth")
+    assert_same_state(m, off)
+    torch.save({"model": m.state_dict()}, tmp_path / "ours.pth")
+    ours = create_model(
+        "tiny", pretrained=tmp_path / "ours.pth", **{**SIZES, "image_size": (32, 32)}
+    )
+    assert_same_state(m, ours)
