@@ -339,3 +339,18 @@ def test_train_generator_learns_saves_and_loads(tmp_path):
         load_generator(out, vocab_size=VOCAB + 1)
     with pytest.raises(ConfigError, match="does not exist"):
         load_generator(tmp_path / "nope.pt")
+
+
+def test_captions_without_maskable_tokens_give_finite_losses():
+    batch = make_batch()
+    for key in ("text1", "text2"):
+        ids = torch.zeros_like(batch[f"{key}_ids"])
+        ids[:, 0], ids[:, 1] = TOK.cls, TOK.sep
+        batch[f"{key}_ids"] = ids
+        batch[f"{key}_mask"] = (ids != TOK.pad).long()
+    model = make_model()
+    losses = run(model, get_variant("m-rtd"), batch=batch)
+    assert losses["loss_mlm"].item() == 0.0
+    assert torch.isfinite(losses["loss_rtd"])  # [SEP] is still a (never replaced) token
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss"])
