@@ -354,3 +354,44 @@ def test_captions_without_maskable_tokens_give_finite_losses():
     assert torch.isfinite(losses["loss_rtd"])  # [SEP] is still a (never replaced) token
     losses["loss"].backward()
     assert torch.isfinite(losses["loss"])
+
+
+class _Cache:
+    """A TokenCache stand-in: ids, mask, meta, vocab_size, len."""
+
+    def __init__(self, ids):
+        self.ids, self.mask = ids, (ids > 0).astype("uint8")
+        self.meta = {"pad_id": 0, "cls_id": 1, "sep_id": 2, "mask_id": 3, "vocab_size": VOCAB}
+        self.vocab_size = VOCAB
+
+    def __len__(self):
+        return len(self.ids)
+
+
+def test_train_generator_from_cache_sees_only_the_training_split(tmp_path, monkeypatch):
+    import rasa.models.generator as generator_module
+    from rasa.data.annotations import Annotations, Record
+
+    ann = Annotations(
+        "toy",
+        "imgs",
+        [
+            Record("a.jpg", 0, "train", ("a", "b")),
+            Record("b.jpg", 1, "test", ("c",)),
+            Record("c.jpg", 2, "train", ("d",)),
+        ],
+    )
+    cache = _Cache(torch.tensor([[1, 5, 2], [1, 6, 2], [1, 7, 2], [1, 8, 2]]).numpy())
+    seen = {}
+
+    def fake_train(ids, mask, tokens, vocab_size, out=None, **kw):
+        seen.update(ids=ids.tolist(), tokens=tokens, vocab=vocab_size, out=out, kw=kw)
+        return "generator"
+
+    monkeypatch.setattr(generator_module, "train_generator", fake_train)
+    out = generator_module.train_generator_from_cache(ann, cache, tmp_path / "g.pt", steps=3)
+    assert out == "generator"
+    assert seen["ids"] == [[1, 5, 2], [1, 6, 2], [1, 8, 2]]  # flat captions 0, 1, 3 (train)
+    assert seen["tokens"] == TOK and seen["vocab"] == VOCAB and seen["kw"] == {"steps": 3}
+    with pytest.raises(ConfigError, match="rebuild"):
+        generator_module.train_generator_from_cache(ann, _Cache(cache.ids[:2]), tmp_path / "h.pt")

@@ -220,6 +220,33 @@ def train_generator(
     return gen  # type: ignore[return-value]
 
 
+def train_generator_from_cache(
+    annotations: Any, cache: Any, out: str | os.PathLike, split: str = "train", **kwargs: Any
+) -> FixedGenerator:
+    """Train the f-RTD generator on the ``split`` captions of a token cache and save it to ``out``.
+
+    ``annotations`` is the :class:`rasa.data.annotations.Annotations` the cache was built from
+    (``cache`` a :class:`rasa.data.token_cache.TokenCache`); other arguments go to
+    :func:`train_generator`. Only training captions are seen, so no test text leaks in.
+    """
+    rows = np.array([k for k, _, _ in annotations.captions(split)], dtype=np.int64)
+    if rows.size == 0:
+        raise ConfigError(f"train_generator_from_cache: split {split!r} has no captions.")
+    if rows.max() >= len(cache):
+        raise ConfigError(
+            f"token cache {getattr(cache, 'path', None) or '(in memory)'} has {len(cache)} rows "
+            f"but the annotations number captions up to {int(rows.max())}; rebuild the cache."
+        )
+    return train_generator(
+        cache.ids[rows],
+        cache.mask[rows],
+        SpecialTokens.from_meta(cache.meta),
+        cache.vocab_size,
+        out=out,
+        **kwargs,
+    )
+
+
 def generator_info(gen: Any) -> dict[str, Any]:
     """A small JSON-able description for logs and checkpoints."""
     if isinstance(gen, FixedGenerator):
