@@ -43,6 +43,7 @@ from __future__ import annotations
 import multiprocessing
 import re
 import shutil
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -50,7 +51,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from rasa.data.synth_attrs import CAMERAS, sample_condition, sample_identity
+from rasa.data.synth_attrs import CAMERAS, attribute_value, sample_condition, sample_identity
 from rasa.data.synth_caption import KEYS, PRIORITY, CaptionStyle, compose, select_mentions
 from rasa.data.synth_draw import render, visibility
 from rasa.errors import ConfigError, DataError
@@ -67,12 +68,12 @@ class SynthConfig:
 
     image_size: tuple[int, int] = (96, 240)  # (width, height)
     draw_scale: int = 2  # draw this many times larger, then box-filter down (anti-aliasing)
-    palette_skew: float = 1.3  # weights ** skew: > 1 concentrates identities on common items
+    palette_skew: float = 1.7  # weights ** skew: > 1 concentrates identities on common items
     occlusion_scale: float = 1.0  # > 1 makes occluders and crops more frequent
     visible_min: float = 0.4  # an attribute counts as shown when >= this fraction is visible
-    noise: float = 3.0  # Gaussian sensor noise (grey levels)
+    noise: float = 2.0  # Gaussian sensor noise (grey levels)
     jpeg_quality: int = 90
-    png_compress_level: int = 6
+    png_compress_level: int = 1  # zlib level: 1 is 2-3x faster than 6, files ~15% larger
 
 
 @dataclass(frozen=True)
@@ -325,8 +326,32 @@ def statistics(plan: dict) -> dict:
                 sum(1 for c in plan["captions"] if c["weak_images"]) / len(plan["captions"]), 4
             ),
             "mention_rate": {k: round(v / len(plan["captions"]), 3) for k, v in mentions.items()},
+            "eval_ambiguity": _ambiguity(plan),
         }
     )
+    return out
+
+
+def _ambiguity(plan: dict) -> dict[str, float]:
+    """Per eval split: mean number of the split's identities whose attributes agree with all
+    a caption mentions (1.0 = every caption singles out its person by attributes alone)."""
+    out = {}
+    attrs = {i["id"]: i["attributes"] for i in plan["identities"]}
+    for split in ("val", "test"):
+        ids = [i["id"] for i in plan["identities"] if i["split"] == split]
+        caps = [c for c in plan["captions"] if c["split"] == split]
+        if not caps:
+            continue
+        counts: dict[tuple[str, ...], Counter] = {}
+        total = 0
+        for c in caps:
+            keys = tuple(k for k in c["mentions"] if k != "view")
+            if keys not in counts:
+                counts[keys] = Counter(
+                    repr([attribute_value(attrs[i], k) for k in keys]) for i in ids
+                )
+            total += counts[keys][repr([attribute_value(attrs[c["id"]], k) for k in keys])]
+        out[split] = round(total / len(caps), 3)
     return out
 
 

@@ -241,3 +241,24 @@ def sample_condition(
         "time": time,
         "gain": round(gain * float(rng.uniform(0.85, 1.15)), 3),
     }
+
+
+def attribute_value(ident: dict, key: str) -> object:
+    """The canonical value a caption key describes (for ambiguity statistics)."""
+    up = ident["upper"]
+    item = ident["carry"]
+    values = {
+        "hair": (ident["hair"]["length"], ident["hair"]["colour"]),
+        "hat": ident["hat"] and (ident["hat"]["type"], ident["hat"]["colour"]),
+        "glasses": ident["glasses"],
+        "scarf": ident["scarf"],
+        "upper": (up["type"], up["colour"]),
+        "upper_pattern": (up["pattern"], up["pattern_colour"]),
+        "upper_print": up["print"] and (up["print"]["shape"], up["print"]["colour"]),
+        "upper_inner": up["inner"],
+        "lower": (ident["lower"]["type"], ident["lower"]["colour"]),
+        "shoes": (ident["shoes"]["type"], ident["shoes"]["colour"]),
+        "carry": item and (item["type"], item["colour"]),
+        "umbrella": ident["umbrella"],
+    }
+    return values[key]
