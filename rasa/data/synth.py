@@ -99,7 +99,7 @@ PRESETS: dict[str, Preset] = {
         2,
         (11003, 1000, 1000),
         "png",
-        CaptionStyle(mention_scale=0.9, verbose=0.25, min_words=14),
+        CaptionStyle(mention_scale=0.9, verbose=0.3, min_words=17),
     ),
     "icfg": Preset(
         "icfg",
@@ -108,7 +108,7 @@ PRESETS: dict[str, Preset] = {
         1,
         (3102, 0, 1000),
         "jpg",
-        CaptionStyle(mention_scale=1.4, verbose=0.85, min_words=28),
+        CaptionStyle(mention_scale=1.4, verbose=0.9, min_words=33),
         notes="images per identity 5-10 (real: 13.3 on average)",
     ),
     "rstp": Preset(
