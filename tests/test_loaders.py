@@ -310,3 +310,120 @@ def test_minilm_backbone_loads_packaged_weights():
         ref = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[3]
         ours = m.encode_text(ids, mask)
     torch.testing.assert_close(ours[:, :8], ref[:, :8], rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------- CLIP
+def clip_state(seed=0):
+    """A random CLIP state dict in OpenAI's layout (ViT 2x128/8 on 16x16, text 2x128)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, s=0.1):
+        return s * torch.randn(*shape, generator=g)
+
+    sd = {
+        "visual.conv1.weight": r(128, 3, 8, 8),
+        "visual.class_embedding": r(128),
+        "visual.positional_embedding": r(5, 128),
+        "visual.proj": r(128, 32),
+        "token_embedding.weight": r(50, 128),
+        "positional_embedding": r(12, 128),
+        "text_projection": r(128, 32),
+        "logit_scale": torch.tensor(2.5),
+    }
+    for ln in ("visual.ln_pre", "visual.ln_post", "ln_final"):
+        sd[f"{ln}.weight"], sd[f"{ln}.bias"] = 1 + r(128), r(128)
+    for tower in ("visual.transformer", "transformer"):
+        for i in range(2):
+            p = f"{tower}.resblocks.{i}."
+            sd[p + "attn.in_proj_weight"], sd[p + "attn.in_proj_bias"] = r(384, 128), r(384)
+            sd[p + "attn.out_proj.weight"], sd[p + "attn.out_proj.bias"] = r(128, 128), r(128)
+            sd[p + "mlp.c_fc.weight"], sd[p + "mlp.c_fc.bias"] = r(96, 128), r(96)
+            sd[p + "mlp.c_proj.weight"], sd[p + "mlp.c_proj.bias"] = r(128, 96), r(128)
+            for ln in ("ln_1", "ln_2"):
+                sd[p + ln + ".weight"], sd[p + ln + ".bias"] = 1 + r(128), r(128)
+    return sd
+
+
+def clip_reference(sd, images, ids):
+    """CLIP's forward written independently with nn.MultiheadAttention (2 heads)."""
+    import torch.nn.functional as F
+
+    def ln(x, p):
+        return F.layer_norm(x, (x.shape[-1],), sd[p + ".weight"], sd[p + ".bias"], 1e-5)
+
+    def blocks(x, tower, causal):
+        n = x.shape[1]
+        mask = torch.triu(torch.full((n, n), float("-inf")), 1) if causal else None
+        for i in range(2):
+            p = f"{tower}.resblocks.{i}."
+            mha = torch.nn.MultiheadAttention(128, 2, batch_first=True)
+            mha.load_state_dict(
+                {k[len(p + "attn.") :]: v for k, v in sd.items() if k.startswith(p + "attn.")}
+            )
+            h = ln(x, p + "ln_1")
+            x = x + mha(h, h, h, need_weights=False, attn_mask=mask)[0]
+            h = F.linear(ln(x, p + "ln_2"), sd[p + "mlp.c_fc.weight"], sd[p + "mlp.c_fc.bias"])
+            x = x + F.linear(
+                h * torch.sigmoid(1.702 * h), sd[p + "mlp.c_proj.weight"], sd[p + "mlp.c_proj.bias"]
+            )
+        return x
+
+    with torch.no_grad():
+        x = F.conv2d(images, sd["visual.conv1.weight"], stride=8).flatten(2).transpose(1, 2)
+        cls = sd["visual.class_embedding"].expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], 1) + sd["visual.positional_embedding"]
+        x = blocks(ln(x, "visual.ln_pre"), "visual.transformer", False)
+        image = ln(x[:, 0], "visual.ln_post") @ sd["visual.proj"]
+        t = sd["token_embedding.weight"][ids] + sd["positional_embedding"][: ids.shape[1]]
+        t = ln(blocks(t, "transformer", True), "ln_final")
+        text = t[torch.arange(ids.shape[0]), ids.argmax(-1)] @ sd["text_projection"]
+    return F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+
+
+def test_clip_layout_matches_reference(tmp_path):
+    sd = clip_state()
+    torch.save(sd, tmp_path / "clip.pt")
+    m = create_model(
+        "clip", pretrained=tmp_path / "clip.pt", image_size=(16, 16), queue_size=8
+    ).eval()
+    rep = m.load_report
+    assert rep.ok and any(k.startswith("text_encoder.fusion.0.crossattention") for k in rep.new)
+    cfg = m.config
+    assert (
+        cfg.arch,
+        cfg.vision_heads,
+        cfg.text_heads,
+        cfg.fusion_layer,
+        cfg.num_fusion_layers,
+    ) == ("clip", 2, 2, 2, 1)
+    assert m.temp.item() == pytest.approx(torch.exp(torch.tensor(-2.5)).item())
+    g = torch.Generator().manual_seed(5)
+    images = torch.randn(2, 3, 16, 16, generator=g)
+    ids = torch.tensor([[48, 5, 9, 17, 49, 0, 0], [48, 7, 3, 22, 30, 11, 49]])  # SOT ... EOT pad
+    mask = (ids != 0).long()
+    ref_image, ref_text = clip_reference(sd, images, ids)
+    with torch.no_grad():
+        image_tokens = m.encode_image(images)
+        text_tokens = m.encode_text(ids, mask)
+        torch.testing.assert_close(m.image_embed(image_tokens), ref_image, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m.text_embed(text_tokens), ref_text, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            m.text_embed(m.encode_text(ids, mask, True), True), ref_text, rtol=1e-5, atol=1e-5
+        )
+        fused = m.fuse(text_tokens, mask, image_tokens)
+        assert m.itm_logits(fused).shape == (2, 2) and fused.shape == (2, 7, 128)
+        assert m.mlm_logits(fused, torch.tensor([[0, 1]])).shape == (1, 50)
+    with pytest.raises(Exception, match="official RaSa layout"):
+        export_official(m, tmp_path / "x.pth")
+
+
+def test_clip_resolution_change_and_random_init(tmp_path):
+    torch.save(clip_state(), tmp_path / "clip.pt")
+    m = create_model("clip", pretrained=tmp_path / "clip.pt", image_size=(24, 16), queue_size=8)
+    assert any("(2, 2) -> (3, 2)" in n for n in m.load_report.notes)
+    with torch.no_grad():
+        assert m.encode_image(torch.randn(1, 3, 24, 16)).shape == (1, 7, 128)
+    small = create_model(
+        "clip", vision_depth=1, num_layers=2, fusion_layer=1, vocab_size=60, queue_size=8
+    )
+    assert small.config.image_size == (384, 128) and small.config.embed_dim == 512

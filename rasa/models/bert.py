@@ -163,26 +163,10 @@ class BertStack(nn.Module):
         )
 
 
-class TextEncoder(nn.Module):
-    """BERT embeddings + text layers + fusion layers (ALBEF's ``text_encoder.bert``)."""
+class FusionEncoderMixin:
+    """Cross-modal part shared by text encoders: ``self.fusion_layers`` with cross-attention."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.fusion_layer = cfg.fusion_layer
-        self.embeddings = BertEmbeddings(cfg)
-        self.encoder = BertStack(cfg)
-
-    @property
-    def fusion_layers(self) -> list[BertLayer]:
-        return list(self.encoder.layer[self.fusion_layer :])
-
-    def forward_text(self, ids: Tensor, mask: Tensor | None) -> Tensor:
-        """Unimodal text encoder: [B, L] ids -> [B, L, D]."""
-        m = attention_mask(mask)
-        x = self.embeddings(ids)
-        for layer in self.encoder.layer[: self.fusion_layer]:
-            x = layer(x, m)
-        return x
+    fusion_layers: list[BertLayer]
 
     def forward_fusion(
         self,
@@ -206,6 +190,32 @@ class TextEncoder(nn.Module):
     def precompute_kv(self, image_tokens: Tensor) -> ImageKV:
         """Cross-attention (K, V) of every fusion layer for image tokens [N, M, Dv]."""
         return [layer.crossattention.self.project_kv(image_tokens) for layer in self.fusion_layers]
+
+
+class TextEncoder(FusionEncoderMixin, nn.Module):
+    """BERT embeddings + text layers + fusion layers (ALBEF's ``text_encoder.bert``)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.fusion_layer = cfg.fusion_layer
+        self.embeddings = BertEmbeddings(cfg)
+        self.encoder = BertStack(cfg)
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    @property
+    def fusion_layers(self) -> list[BertLayer]:
+        return list(self.encoder.layer[self.fusion_layer :])
+
+    def forward_text(self, ids: Tensor, mask: Tensor | None) -> Tensor:
+        """Unimodal text encoder: [B, L] ids -> [B, L, D]."""
+        m = attention_mask(mask)
+        x = self.embeddings(ids)
+        for layer in self.encoder.layer[: self.fusion_layer]:
+            x = layer(x, m)
+        return x
 
 
 class MLMHead(nn.Module):

@@ -31,6 +31,8 @@ class ModelConfig:
     """
 
     name: str = "custom"
+    # "albef": timm ViT + BERT text/fusion stack; "clip": CLIP towers + BERT-layout cross encoder
+    arch: str = "albef"
     # image encoder (ViT)
     image_size: tuple[int, int] = (384, 384)
     patch_size: int = 16
@@ -85,6 +87,7 @@ class ModelConfig:
             (self.queue_size > 0 and self.embed_dim > 0, "positive queue_size and embed_dim"),
             (0.0 <= self.momentum <= 1.0, "momentum in [0, 1]"),
             (self.init_std > 0, "init_std > 0"),
+            (self.arch in ("albef", "clip"), "arch 'albef' or 'clip'"),
         ]
         for ok, what in checks:
             if not ok:

@@ -45,10 +45,14 @@ class RaSaModel(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.visual_encoder = build_vit(c)
-        self.text_encoder = TextEncoder(c)
-        self.mlm_head = MLMHead(c, self.text_encoder.embeddings.word_embeddings)
-        init_bert_weights(self.text_encoder, c.init_std)
+        self.visual_encoder = build_image_encoder(c)
+        self.text_encoder = build_text_encoder(c)
+        self.mlm_head = MLMHead(c, self.text_encoder.word_embeddings)
+        if c.arch == "albef":
+            init_bert_weights(self.text_encoder, c.init_std)
+        else:
+            for layer in self.text_encoder.fusion:
+                init_bert_weights(layer, c.init_std)
         init_bert_weights(self.mlm_head.transform, c.init_std)
         self.vision_proj = nn.Linear(c.vision_width, c.embed_dim)
         self.text_proj = nn.Linear(c.text_width, c.embed_dim)
@@ -57,9 +61,9 @@ class RaSaModel(nn.Module):
         self.mrtd_head = nn.Linear(c.text_width, 2)
         self.temp = nn.Parameter(torch.tensor(float(c.temp)))
 
-        self.visual_encoder_m = build_vit(c)
-        self.text_encoder_m = TextEncoder(c)
-        self.mlm_head_m = MLMHead(c, self.text_encoder_m.embeddings.word_embeddings)
+        self.visual_encoder_m = build_image_encoder(c)
+        self.text_encoder_m = build_text_encoder(c)
+        self.mlm_head_m = MLMHead(c, self.text_encoder_m.word_embeddings)
         self.vision_proj_m = nn.Linear(c.vision_width, c.embed_dim)
         self.text_proj_m = nn.Linear(c.text_width, c.embed_dim)
         self.copy_params_to_momentum()
@@ -213,6 +217,22 @@ class RaSaModel(nn.Module):
             for pm in ema:
                 params.pop(id(pm), None)
         return sum(p.numel() for p in params.values())
+
+
+def build_image_encoder(cfg: ModelConfig) -> nn.Module:
+    if cfg.arch == "clip":
+        from rasa.models.clip import CLIPVisionTower
+
+        return CLIPVisionTower(cfg)
+    return build_vit(cfg)
+
+
+def build_text_encoder(cfg: ModelConfig) -> nn.Module:
+    if cfg.arch == "clip":
+        from rasa.models.clip import CLIPTextEncoder
+
+        return CLIPTextEncoder(cfg)
+    return TextEncoder(cfg)
 
 
 def _gather(x: Tensor) -> Tensor:

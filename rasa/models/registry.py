@@ -6,6 +6,8 @@ Backbones (DESIGN.md "Model", paper §4.1 and Table 8):
 * ``minilm``  BERT side initialised from all-MiniLM-L6-v2 (shipped by a pip package, offline);
 * ``albef`` / ``tcl``  ViT-B/16 + BERT-base (6 text + 6 fusion layers) at 384x384, weights
   from a local ALBEF / TCL checkpoint (``pretrained=path``); random init without one;
+* ``clip``    CLIP ViT-B/16 image + text towers and a 1-layer cross encoder (Table 8), weights
+  from a local OpenAI-layout state dict;
 * ``official`` an official RaSa checkpoint (``pretrained=path``, sizes read from it).
 
 ``pretrained`` may also name a checkpoint of ours (``{'model': state_dict}``) for any backbone.
@@ -103,6 +105,28 @@ MINILM = ModelConfig(
 
 BASE = ModelConfig(name="albef", image_size=(384, 384), add_sep=False)
 
+# CLIP ViT-B/16 + CLIP text transformer (12 x 512) + 1 cross layer; person crops 384x128.
+CLIP_B16 = ModelConfig(
+    name="clip",
+    arch="clip",
+    image_size=(384, 128),
+    patch_size=16,
+    vision_width=768,
+    vision_depth=12,
+    vision_mlp_dim=3072,
+    vision_eps=1e-5,
+    vocab_size=49408,
+    text_width=512,
+    text_heads=8,
+    text_intermediate=2048,
+    num_layers=13,
+    fusion_layer=12,
+    max_position_embeddings=77,
+    layer_norm_eps=1e-5,
+    embed_dim=512,
+    tokenizer="clip",
+)
+
 
 @register_model
 def tiny(pretrained: Any = None, **overrides: Any) -> RaSaModel:
@@ -145,6 +169,16 @@ def tcl(pretrained: Any = None, **overrides: Any) -> RaSaModel:
     if pretrained:
         return load_tcl(pretrained, **overrides)
     return _build(BASE.replace(name="tcl"), None, overrides)
+
+
+@register_model
+def clip(pretrained: Any = None, **overrides: Any) -> RaSaModel:
+    """RaSa_CLIP (Table 8): CLIP ViT-B/16 towers from an OpenAI-layout state dict + 1 cross layer."""
+    from rasa.models.loaders.clip import load_clip
+
+    if pretrained:
+        return load_clip(pretrained, **overrides)
+    return _build(CLIP_B16, None, overrides)
 
 
 @register_model

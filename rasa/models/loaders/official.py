@@ -189,6 +189,11 @@ def export_official(model: RaSaModel, path: str | Path, extra_config: dict | Non
     """Write ``model`` as an official checkpoint (+ ``config_bert.json`` beside it)."""
     path = Path(path)
     c = model.config
+    if c.arch != "albef":
+        raise ConfigError(
+            f"Cannot export model {c.name!r} (arch {c.arch!r}) in the official RaSa layout, "
+            "which holds a timm ViT + BERT stack only."
+        )
     if c.vision_heads != max(1, c.vision_width // 64):
         raise ConfigError(
             f"Cannot export model {c.name!r} in the official layout: it has {c.vision_heads} ViT "
