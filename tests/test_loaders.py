@@ -427,3 +427,14 @@ def test_clip_resolution_change_and_random_init(tmp_path):
         "clip", vision_depth=1, num_layers=2, fusion_layer=1, vocab_size=60, queue_size=8
     )
     assert small.config.image_size == (384, 128) and small.config.embed_dim == 512
+
+
+def test_official_without_image_res_uses_the_square_grid(tmp_path):
+    m = random_model(image_size=(32, 32))
+    export_official(m, tmp_path / "ckpt.pth")
+    ck = torch.load(tmp_path / "ckpt.pth", weights_only=True)
+    del ck["config"]["image_res"]
+    torch.save(ck, tmp_path / "ckpt.pth")
+    back = load_official(tmp_path / "ckpt.pth")
+    assert back.config.image_size == (32, 32)
+    assert_same_state(m, back)

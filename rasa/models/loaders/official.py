@@ -103,7 +103,7 @@ def infer_config(
     heads = bert.get("num_attention_heads", word.shape[1] // 64)
     cfg: dict[str, Any] = dict(
         name="official",
-        image_size=tuple(image_res) if image_res is not None else (384, 384),
+        image_size=tuple(image_res) if image_res is not None else square_size(sd, patch, source),
         patch_size=patch.shape[-1],
         vision_width=patch.shape[0],
         vision_depth=count_layers(sd, "visual_encoder.blocks"),
@@ -130,6 +130,16 @@ def infer_config(
     )
     cfg.update(overrides)
     return ModelConfig(**cfg)
+
+
+def square_size(sd: dict[str, Tensor], patch: Tensor, source: str) -> tuple[int, int]:
+    """Image size implied by a square position grid (when the checkpoint names none)."""
+    rows = require(sd, "visual_encoder.pos_embed", source).shape[1]
+    try:
+        grid = pos_grid(rows, None, patch.shape[-1])
+    except ValueError as err:
+        raise DataError(f"Checkpoint {source}: {err} (config['image_res'] is missing).") from err
+    return (grid[0] * patch.shape[-1], grid[1] * patch.shape[-1])
 
 
 def resample_pos_embeds(
