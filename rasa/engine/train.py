@@ -238,6 +238,9 @@ def train(
                 collate_fn=collate,
                 num_workers=tc.num_workers,
                 persistent_workers=False,
+                # its own generator: creating the iterator must not draw from the global RNG
+                # (a resumed run creates it mid-epoch; dropout would then see other numbers).
+                generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
             )
             batches = iter(loader)
             model.train()
