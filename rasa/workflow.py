@@ -65,6 +65,7 @@ class Dataset:
 class Run:
     experiment: str
     dataset: str
+    backbone: str
     tokenizer: str
     annotations: str
     tokens: str
@@ -101,6 +102,16 @@ class Plan:
     def report(self) -> str:
         return f"{RESULTS}/README.md"
 
+    @property
+    def report_outputs(self) -> list[str]:
+        """What `rasa report` writes: the index, the comparison CSV, tables/ and figures/."""
+        return [self.report, f"{RESULTS}/comparison.csv", f"{RESULTS}/tables", f"{RESULTS}/figures"]
+
+    @property
+    def report_annotations(self) -> str:
+        """The annotation table Fig. 5 takes its images from (the suite's first dataset)."""
+        return next(iter(self.datasets.values())).annotations
+
     def outputs(self) -> set[str]:
         """Every file or directory the suite's DAG writes (for the two-DAG test)."""
         out = {d.raw for d in self.datasets.values() if d.generated}
@@ -108,7 +119,7 @@ class Plan:
         out |= set(self.tokens)
         for r in self.runs.values():
             out |= {r.train_dir, r.metrics, r.topk}
-        out.add(self.report)
+        out |= set(self.report_outputs)
         return out
 
 
@@ -133,7 +144,7 @@ def make_plan(params: dict[str, Any], suite: str | None = None) -> Plan:
         ann, tokens = dataset_paths(root, exp["dataset"], tok)
         spec = params["data"]["datasets"][exp["dataset"]]
         datasets[exp["dataset"]] = Dataset(exp["dataset"], spec, ann)
-        runs[name] = Run(name, exp["dataset"], tok, ann, tokens)
+        runs[name] = Run(name, exp["dataset"], exp["backbone"], tok, ann, tokens)
     return Plan(suite, datasets, runs)
 
 
@@ -159,7 +170,8 @@ def dvc_grid(plan: Plan) -> dict[str, Any]:
         for path, (ds, tok) in sorted(plan.tokens.items())
     }  # fmt: skip
     runs = {
-        n: {"dataset": r.dataset, "annotations": r.annotations, "tokens": r.tokens,
+        n: {"dataset": r.dataset, "backbone": r.backbone, "annotations": r.annotations,
+            "tokens": r.tokens,
             "train_dir": r.train_dir, "metrics": r.metrics, "topk": r.topk}
         for n, r in sorted(plan.runs.items())
     }  # fmt: skip
@@ -170,8 +182,7 @@ def dvc_grid(plan: Plan) -> dict[str, Any]:
         "parse": parse,
         "tokenize": tokens,
         "runs": runs,
-        "run_metrics": [r.metrics for _, r in sorted(plan.runs.items())],
-        "run_topk": [r.topk for _, r in sorted(plan.runs.items())],
+        "report_annotations": plan.report_annotations,
     }
 
 

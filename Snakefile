@@ -1,0 +1,22 @@
+# rasa: the whole pipeline, from data to LaTeX tables, as one DAG.
+#   snakemake --profile workflow/profiles/local                      # the default suite (quick)
+#   snakemake --profile workflow/profiles/slurm --config suite=paper # the paper grid on SLURM
+# The suite, datasets, experiments and resources all come from params.yaml.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        PLAN.report,

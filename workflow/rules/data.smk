@@ -1,0 +1,87 @@
+# Data: SynthPEDES or a fetched archive -> raw files -> annotation table -> token cache.
+
+
+wildcard_constraints:
+    dataset=regex(PLAN.datasets),
+
+
+rule synth:
+    output:
+        raw=directory("data/{dataset}/raw"),
+    log:
+        "logs/synth/{dataset}.log",
+    wildcard_constraints:
+        dataset=regex(
+            n for n, d in PLAN.datasets.items() if d.spec["source"] == "synth"
+        ),
+    conda:
+        ENV
+    threads: step_resources("data")["threads"]
+    resources:
+        mem_mb=step_resources("data")["mem_mb"],
+        runtime=step_resources("data")["runtime"],
+    params:
+        cli=RASA,
+        spec=lambda w: PLAN.datasets[w.dataset].spec,
+    shell:
+        "{params.cli} data synth --preset {params.spec[preset]} --ids {params.spec[ids]} "
+        "--seed {params.spec[seed]} --workers {threads} --out {output.raw} > {log} 2>&1"
+
+
+rule fetch:
+    output:
+        raw=directory("data/{dataset}/raw"),
+    log:
+        "logs/fetch/{dataset}.log",
+    wildcard_constraints:
+        dataset=regex(n for n, d in PLAN.datasets.items() if d.spec["source"] == "url"),
+    conda:
+        ENV
+    resources:
+        runtime=step_resources("data")["runtime"],
+    params:
+        cli=RASA,
+        spec=lambda w: PLAN.datasets[w.dataset].spec,
+    shell:
+        "{params.cli} data fetch --url {params.spec[url]} --sha256 {params.spec[sha256]} "
+        "--extract --out {output.raw} > {log} 2>&1"
+
+
+rule parse:
+    input:
+        raw=lambda w: PLAN.datasets[w.dataset].raw,
+    output:
+        annotations="data/{dataset}/annotations.json",
+    log:
+        "logs/parse/{dataset}.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=step_resources("data")["mem_mb"],
+        runtime=step_resources("data")["runtime"],
+    params:
+        cli=RASA,
+        fmt=lambda w: PLAN.datasets[w.dataset].format,
+    shell:
+        "{params.cli} data parse --format {params.fmt} --root {input.raw} "
+        "--out {output.annotations} > {log} 2>&1"
+
+
+rule tokenize:
+    input:
+        annotations="data/{dataset}/annotations.json",
+    output:
+        tokens="data/{dataset}/tokens-{spec}.npz",
+    log:
+        "logs/tokenize/{dataset}-{spec}.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=step_resources("data")["mem_mb"],
+        runtime=step_resources("data")["runtime"],
+    params:
+        cli=RASA,
+        tokenizer=lambda w, output: PLAN.tokens[output.tokens][1],
+    shell:
+        "{params.cli} data tokenize --annotations {input.annotations} "
+        "--tokenizer {params.tokenizer} --out {output.tokens} > {log} 2>&1"
