@@ -347,9 +347,13 @@ def sample_tokens(logits: Tensor, generator: torch.Generator | None = None) -> T
     """One token per row sampled from ``softmax(logits)`` [P, V] -> [P] (the RTD generator)."""
     if logits.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=logits.device)
-    probs = F.softmax(logits.detach().float(), dim=-1)
-    dev = _rng_device(generator, probs.device)
-    return torch.multinomial(probs.to(dev), 1, generator=generator).view(-1).to(logits.device)
+    # inverse-CDF sampling: one uniform per row (torch.multinomial draws V exponentials per
+    # row, ~10x slower at a 30k vocabulary); zero-probability tokens are never drawn
+    cdf = F.softmax(logits.detach().float(), dim=-1).cumsum(dim=-1)
+    dev = _rng_device(generator, logits.device)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=dev).to(cdf.device)
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+    return idx.view(-1).clamp_max(cdf.shape[1] - 1)
 
 
 def replace_tokens(ids: Tensor, positions: Tensor, sampled: Tensor) -> Tensor:

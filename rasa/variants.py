@@ -12,8 +12,8 @@ feeds, for every (image, caption) pair, ``text2`` = the pair's caption or, with 
 - ``itm`` — "learns from all positive pairs without a probabilistic inputting": weak pairs are
   not down-weighted, so the positive of an image is any caption of its person, uniformly. The
   dataset is run at the *natural* weak rate of the split (:func:`natural_weak_rate`: the
-  fraction of weak pairs among all (image, caption of the same person) pairs; ≈ 0.78 on
-  CUHK-PEDES with ~4.5 images of 2 captions per person).
+  fraction of weak pairs among all (image, caption of the same person) pairs: 1 − 1/k for k
+  images per person with equal caption counts, about 0.7 on CUHK-PEDES's ~3 images per id).
 - ``s-itm`` — "learns from only strong positive pairs and discards all weak positive pairs":
   ``p_weak`` = 0, and the step also drops any positive with ``replace`` = 1 from the ITM loss.
 - ``p-itm`` — "probabilistic inputting of strong and weak positive pairs": ``p_weak`` = p^w
