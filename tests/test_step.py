@@ -404,3 +404,38 @@ def test_warmup_alpha():
     assert warmup_alpha(0.4, 0, 5, 10) == pytest.approx(0.2)
     assert warmup_alpha(0.4, 0, 10, 10) == pytest.approx(0.4)
     assert warmup_alpha(0.4, 1, 0, 10) == 0.4
+
+
+def test_load_or_train_generator_trains_once_per_cache(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import rasa.models.generator as generator_module
+    from rasa.data.annotations import Annotations, Record
+
+    ann = Annotations(
+        "toy", "imgs", [Record(f"{i}.jpg", i // 2, "train", ("a",)) for i in range(4)]
+    )
+    cache = _Cache(torch.tensor([[1, 5, 6, 2], [1, 6, 7, 2], [1, 7, 8, 2], [1, 8, 9, 2]]).numpy())
+    cache.meta["key"] = "k1"
+    cfg = SimpleNamespace(tokens=str(tmp_path / "tokens.npz"), model={})
+    small = GeneratorConfig(
+        vocab_size=VOCAB, width=16, layers=1, heads=1, intermediate=32, max_len=8
+    )
+    kw = dict(config=small, steps=2, progress=False)
+    gen = generator_module.load_or_train_generator(cfg, ann, cache, **kw)
+    path = generator_module.default_generator_path(cfg.tokens)
+    assert path.is_file() and gen.meta["cache_key"] == "k1"
+
+    def no_training(*a, **k):
+        raise AssertionError("retrained")
+
+    monkeypatch.setattr(generator_module, "train_generator_from_cache", no_training)
+    again = generator_module.load_or_train_generator(cfg, ann, cache, **kw)
+    pos = torch.tensor([[0, 1]])
+    ids = torch.as_tensor(cache.ids[:1]).long()
+    assert torch.equal(again.logits_at(ids, ids > 0, pos), gen.logits_at(ids, ids > 0, pos))
+    cache.meta["key"] = "k2"  # another cache at the same path: retrain
+    with pytest.raises(AssertionError, match="retrained"):
+        generator_module.load_or_train_generator(cfg, ann, cache, **kw)
+    user = SimpleNamespace(tokens=cfg.tokens, model={"extra": {"rtd_generator": str(path)}})
+    assert generator_module.load_or_train_generator(user, ann, cache).vocab_size == VOCAB

@@ -68,6 +68,7 @@ class FixedGenerator(nn.Module):
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
         self.config = config
+        self.meta: dict[str, Any] = {}  # provenance (training settings, token cache key)
         mc = config.model_config()
         self.encoder = TextEncoder(mc)
         self.head = MLMHead(mc, self.encoder.embeddings.word_embeddings)
@@ -86,12 +87,14 @@ class FixedGenerator(nn.Module):
         h = self.hidden(ids, mask)
         return self.head(h[positions[:, 0], positions[:, 1]])
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
+        """Write ``{kind, config, state_dict, meta}`` atomically (``meta``: provenance)."""
         torch_save(
             {
                 "kind": CHECKPOINT_KIND,
                 "config": asdict(self.config),
                 "state_dict": self.state_dict(),
+                "meta": dict(meta or {}),
             },
             path,
         )
@@ -140,6 +143,7 @@ def load_generator(path: str | os.PathLike, vocab_size: int | None = None) -> nn
             )
         gen = FixedGenerator(GeneratorConfig(**ckpt["config"]))
         gen.load_state_dict(ckpt["state_dict"])
+        gen.meta = dict(ckpt.get("meta") or {})
     else:
         raise ConfigError(f"RTD generator {path} does not exist; train one with train_generator.")
     if vocab_size is not None and gen.vocab_size != vocab_size:
@@ -171,6 +175,7 @@ def train_generator(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    meta: dict[str, Any] | None = None,
 ) -> FixedGenerator:
     """Train the small generator by BERT MLM on token-cache rows; save it when ``out`` is given.
 
@@ -215,8 +220,9 @@ def train_generator(
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
     gen = freeze(gen)
+    gen.meta = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, **(meta or {})}
     if out is not None:
-        gen.save(out)
+        gen.save(out, gen.meta)
     return gen  # type: ignore[return-value]
 
 
@@ -245,6 +251,44 @@ def train_generator_from_cache(
         out=out,
         **kwargs,
     )
+
+
+def default_generator_path(tokens_path: str | os.PathLike) -> Path:
+    """Where the trained generator of a token cache lives: beside it, ``<cache>.rtd_generator.pt``."""
+    p = Path(tokens_path)
+    return p.with_name(p.name + ".rtd_generator.pt")
+
+
+def load_or_train_generator(
+    cfg: Any, annotations: Any, cache: Any, device: str | torch.device = "cpu", **kwargs: Any
+) -> nn.Module:
+    """The f-RTD generator of an experiment, trained once per token cache and then reused.
+
+    ``cfg`` is the :class:`rasa.config.ExperimentConfig`. A user checkpoint is taken from
+    ``model.extra.rtd_generator`` (our generator file or a local Hugging Face masked-LM
+    directory such as DistilBERT, with the cache's vocabulary). Otherwise the generator is
+    read from :func:`default_generator_path` when it was trained on this very cache (its
+    ``cache_key``), else trained on the cache's training captions (seed 0, so every seed and
+    variant of a dataset shares it) and written there atomically. ``kwargs`` go to
+    :func:`train_generator`.
+    """
+    extra = (getattr(cfg, "model", None) or {}).get("extra") or {}
+    user = extra.get("rtd_generator")
+    if user:
+        return load_generator(user, vocab_size=cache.vocab_size).to(device)
+    key = str(cache.meta.get("key", ""))
+    path = default_generator_path(cfg.tokens)
+    if path.is_file():
+        try:
+            gen = load_generator(path, vocab_size=cache.vocab_size)
+        except ConfigError:
+            gen = None  # stale or foreign file: retrain over it
+        if gen is not None and getattr(gen, "meta", {}).get("cache_key") == key:
+            return gen.to(device)
+    gen = train_generator_from_cache(
+        annotations, cache, path, device=device, meta={"cache_key": key}, **kwargs
+    )
+    return gen.to(device)
 
 
 def generator_info(gen: Any) -> dict[str, Any]:
