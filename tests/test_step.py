@@ -397,15 +397,6 @@ def test_train_generator_from_cache_sees_only_the_training_split(tmp_path, monke
         generator_module.train_generator_from_cache(ann, _Cache(cache.ids[:2]), tmp_path / "h.pt")
 
 
-def test_warmup_alpha():
-    from rasa.engine.step import warmup_alpha
-
-    assert warmup_alpha(0.4, 0, 0, 10) == 0.0
-    assert warmup_alpha(0.4, 0, 5, 10) == pytest.approx(0.2)
-    assert warmup_alpha(0.4, 0, 10, 10) == pytest.approx(0.4)
-    assert warmup_alpha(0.4, 1, 0, 10) == 0.4
-
-
 def test_load_or_train_generator_trains_once_per_cache(tmp_path, monkeypatch):
     from types import SimpleNamespace
 

@@ -67,14 +67,6 @@ class TokenGenerator(Protocol):
     def logits_at(self, ids: Tensor, mask: Tensor, positions: Tensor) -> Tensor: ...
 
 
-def warmup_alpha(alpha: float, epoch: int, step: int, steps_per_epoch: int) -> float:
-    """The distillation weight of ALBEF/RaSa: ramps linearly from 0 to ``alpha`` during the
-    first epoch (``step`` counted within it), then stays at ``alpha``."""
-    if epoch > 0 or steps_per_epoch <= 0:
-        return alpha
-    return alpha * min(1.0, step / steps_per_epoch)
-
-
 def _check_batch(batch: dict[str, Any], variant: Variant) -> None:
     missing = [k for k in BATCH_KEYS if k not in batch]
     if missing:
