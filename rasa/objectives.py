@@ -164,7 +164,9 @@ def contrastive_loss(
     image_bank = torch.cat([image_feat_m.t(), image_queue], dim=1).detach()  # [E, B+Q]
     text_bank = torch.cat([text_feat_m.t(), text_queue], dim=1).detach()
     bank_pids = torch.cat([pids.view(-1), idx_queue.view(-1)])
-    targets = identity_targets(pids, bank_pids, image_feat.dtype)
+    targets = identity_targets(
+        pids, bank_pids, torch.promote_types(image_feat.dtype, torch.float32)
+    )
 
     with torch.no_grad():
         t = temp.detach() if isinstance(temp, Tensor) else temp
