@@ -430,3 +430,25 @@ def test_load_or_train_generator_trains_once_per_cache(tmp_path, monkeypatch):
         generator_module.load_or_train_generator(cfg, ann, cache, **kw)
     user = SimpleNamespace(tokens=cfg.tokens, model={"extra": {"rtd_generator": str(path)}})
     assert generator_module.load_or_train_generator(user, ann, cache).vocab_size == VOCAB
+
+
+def test_batched_momentum_pass_equals_separate_passes():
+    from rasa.engine.step import _stack_logits
+
+    model = make_model().eval()
+    batch = make_batch()
+    ids, mask = batch["text1_ids"], batch["text1_mask"]
+    other = ids.clone()
+    other[:, 2] = TOK.mask
+    pa, pb = torch.tensor([[0, 1], [2, 3]]), torch.tensor([[1, 2], [3, 2], [0, 2]])
+    with torch.no_grad():
+        image = model.encode_image(batch["image2"], momentum=True)
+        a, b = _stack_logits(model, [(ids, pa), (other, pb)], mask, image, momentum=True)
+        (a1,) = _stack_logits(model, [(ids, pa)], mask, image, momentum=True)
+        (b1,) = _stack_logits(model, [(other, pb)], mask, image, momentum=True)
+        hidden = model.fuse(
+            model.encode_text(other, mask, momentum=True), mask, image, momentum=True
+        )
+        ref = model.mlm_logits(hidden, pb, momentum=True)
+    assert torch.allclose(a, a1, atol=1e-5) and torch.allclose(b, b1, atol=1e-5)
+    assert torch.allclose(b, ref, atol=1e-5)
