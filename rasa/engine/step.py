@@ -7,9 +7,11 @@ Paper §3.2 (eq. 11: L = L_itm + λ1 L_prd + L_mlm + λ2 L_rtd + λ3 L_cl), in t
 3. CL (ITC + IMC) against [momentum batch, queues];
 4. RA: the positive (``text2``, ``image1``) and hard negatives (by the CL similarities, never the
    same person) through the fusion encoder in ONE call → ITM (positives of the variant) and PRD;
-5. SA: MLM on ``text1`` (15 % BERT masking) distilled from the momentum model; RTD on ``text1``
-   masked at p_m and filled by the variant's generator; the online MLM and RTD stacks run in
-   one batched call;
+5. SA: MLM on ``text1`` (the strong caption; 15 % BERT 80/10/10 masking) distilled from the
+   momentum model fed ``image2``'s momentum tokens, as the official code; RTD on ``text1``
+   masked at p_m by the same masking function, the generator (fixed / online / momentum MLM)
+   sampling a token at each masked position (official: at every position), label = "differs
+   from the original"; the online MLM and RTD stacks run in one batched call;
 6. enqueue the momentum features and person ids.
 
 Where the official code wastes work this step does not: image cross-attention keys/values are
