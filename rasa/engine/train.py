@@ -24,6 +24,7 @@ Preemption: SIGTERM or SIGUSR1 -> save ``checkpoint_last.pt`` and exit with stat
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import random
@@ -188,9 +189,15 @@ def train(
 
     step_module = _Step(model, variant, loss_cfg, fixed_generator(variant, cfg, ann, cache, dev))
     if dist.enabled:
-        step_module = torch.nn.parallel.DistributedDataParallel(
-            step_module, find_unused_parameters=True, broadcast_buffers=False
+        # Queues and momentum weights stay equal across ranks by construction (gathered
+        # enqueue, EMA of synchronised weights): no buffer broadcast every forward.
+        ddp = torch.nn.parallel.DistributedDataParallel
+        no_sync = (
+            {"forward_sync_buffers": False}
+            if "forward_sync_buffers" in inspect.signature(ddp).parameters
+            else {"broadcast_buffers": False}
         )
+        step_module = ddp(step_module, find_unused_parameters=True, **no_sync)
     if tc.compile:
         step_module = torch.compile(step_module)
     autocast = (
