@@ -17,7 +17,11 @@ from rasa.models import create_model
 from rasa.models.loaders import export_official, load_albef, load_official, load_tcl
 from rasa.models.loaders.official import ours_to_official
 
-FIXTURE = Path(__file__).parent / "fixtures" / "official_rasa_tiny"
+FIXTURES = sorted(
+    p
+    for p in (Path(__file__).parent / "fixtures").iterdir()
+    if (p / "checkpoint.pth").is_file() and (p / "config_bert.json").is_file()
+)
 
 # BERT heads = width / 64 in ALBEF-layout checkpoints (no config file travels with them).
 SIZES = dict(
@@ -108,17 +112,18 @@ def test_official_round_trip(tmp_path):
     assert_same_outputs(m, back)
 
 
-def test_export_of_fixture_reproduces_the_official_file(tmp_path):
-    """Loading the official fixture and exporting it gives back exactly its keys and tensors."""
-    m = load_official(FIXTURE / "checkpoint.pth")
-    official = torch.load(FIXTURE / "checkpoint.pth", weights_only=True)
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.name)
+def test_export_of_fixture_reproduces_the_official_file(tmp_path, fixture):
+    """Loading an official fixture and exporting it gives back exactly its keys and tensors."""
+    m = load_official(fixture / "checkpoint.pth")
+    official = torch.load(fixture / "checkpoint.pth", weights_only=True)
     export_official(m, tmp_path / "ckpt.pth")
     ours = torch.load(tmp_path / "ckpt.pth", weights_only=True)
     assert ours["model"].keys() == official["model"].keys()
     for k, v in official["model"].items():
         assert torch.equal(ours["model"][k], v), k
     bert = json.loads((tmp_path / "config_bert.json").read_text())
-    ref = json.loads((FIXTURE / "config_bert.json").read_text())
+    ref = json.loads((fixture / "config_bert.json").read_text())
     for key in (
         "hidden_size",
         "num_attention_heads",
