@@ -129,6 +129,17 @@ def test_evaluate_checkpoint_writes_files(dataset, tmp_path) -> None:
     topk = json.loads(topk_out.read_text())
     assert topk["k"] == 8 and len(topk["queries"]) == written["num_queries"]
 
+    # the same through `rasa evaluate` (device "auto")
+    from rasa.cli import main
+
+    cli_out = tmp_path / "cli.json"
+    argv = ["evaluate", "--checkpoint", str(ckpt), "--annotations", str(ann_path),
+            "--tokens", str(cache_path), "--split", "test", "--out", str(cli_out), "--k-test", "4"]  # fmt: skip
+    assert main(argv) == 0
+    via_cli = json.loads(cli_out.read_text())
+    for key in METRIC_KEYS:
+        assert via_cli[key] == pytest.approx(written[key], abs=1e-9)
+
 
 def test_bad_dtype(dataset) -> None:
     ann, ann_path, cache_path, model = dataset

@@ -39,7 +39,8 @@ TOPK_RECORDED = 10
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
+    """``None``/``"auto"``: CUDA when available, else the CPU."""
+    if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
