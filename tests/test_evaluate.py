@@ -93,6 +93,29 @@ def test_evaluate_model_matches_direct_reference(dataset) -> None:
         assert q["topk_pids"] == [ann.records[r].pid for r in q["topk_records"]]
 
 
+def test_image_to_text_direction(dataset) -> None:
+    ann, ann_path, cache_path, model = dataset
+    metrics, _ = evaluate_model(
+        model, ann, ann_path, cache_path, "test", k=3, i2t=True, progress=False
+    )
+    gallery = ImageDataset(ann, ann_path, "test", model.config.image_size)
+    caps = split_captions(ann, ann_path, cache_path, "test")
+    with torch.no_grad():
+        images = torch.stack([gallery[i]["image"] for i in range(len(gallery))])
+        image_tokens = model.encode_image(images)
+        text_tokens = model.encode_text(caps.ids, caps.mask)
+        sims = model.text_embed(text_tokens) @ model.image_embed(image_tokens).T
+    scores = rerank_naive(model, text_tokens, caps.mask, sims, image_tokens, 3, direction="i2t")
+    ref = retrieval_metrics(scores, gallery.pids, caps.pids)
+    first = retrieval_metrics(sims.T, gallery.pids, caps.pids)
+    assert metrics["i2t"]["num_queries"] == 8
+    for key in METRIC_KEYS:
+        assert metrics["i2t"][key] == pytest.approx(ref[key], abs=1e-6), key
+        assert metrics["i2t"]["first_stage"][key] == pytest.approx(first[key], abs=1e-6), key
+    no_i2t, _ = evaluate_model(model, ann, ann_path, cache_path, "test", k=3, progress=False)
+    assert "i2t" not in no_i2t  # a person-search table: text->image only
+
+
 def test_k1_keeps_first_stage_ranking(dataset) -> None:
     # with k = 1 the re-ranked top candidate is the first-stage top: same ranking, same metrics
     ann, ann_path, cache_path, model = dataset

@@ -81,6 +81,18 @@ def test_batched_equals_per_query_loop(setup, layout, k, pair_batch, image_block
     torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("k", "pair_batch", "image_block"), [(4, 5, 2), (13, 1000, 1000)])
+def test_image_to_text_equals_per_image_loop(setup, k, pair_batch, image_block) -> None:
+    model, text_tokens, mask, image_tokens, sims = setup
+    fast = rerank_topk(
+        model, text_tokens, mask, sims, image_tokens, k, direction="i2t",
+        pair_batch=pair_batch, image_block=image_block,
+    )  # fmt: skip
+    ref = rerank_naive(model, text_tokens, mask, sims, image_tokens, k, direction="i2t")
+    assert fast.shape == (sims.shape[1], sims.shape[0])
+    torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-5)
+
+
 def test_precomputed_kv_and_candidate_order(setup) -> None:
     model, text_tokens, mask, image_tokens, sims = setup
     with torch.no_grad():
@@ -108,7 +120,7 @@ def test_ours_layout_puts_candidates_first_in_probability_order() -> None:
 
 def test_bad_shapes_raise(setup) -> None:
     model, text_tokens, mask, image_tokens, sims = setup
-    with pytest.raises(RasaError, match="query rows"):
+    with pytest.raises(RasaError, match="caption rows"):
         rerank_logits(model, text_tokens[:3], mask[:3], sims, image_tokens, 4)
     with pytest.raises(RasaError, match="gallery columns"):
         rerank_logits(model, text_tokens, mask, sims, image_tokens[:2], 4)

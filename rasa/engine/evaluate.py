@@ -4,7 +4,8 @@ Steps: embed the split's gallery images (:class:`rasa.data.dataset.ImageDataset`
 captions (rows of the token cache, :func:`rasa.data.dataset.split_captions`) in batches; rank
 by the unimodal cosine similarity (first stage); re-rank each caption's top ``k`` images by the
 p-ITM match probability (:mod:`rasa.engine.ranking`); score both rankings with
-:mod:`rasa.engine.metrics` (R@1/5/10, mAP, mINP).
+:mod:`rasa.engine.metrics` (R@1/5/10, mAP, mINP). For Flickr30K/COCO (Table 5) the image→text
+direction is evaluated too (each image's top k captions re-ranked), under ``"i2t"``.
 
 Outputs (atomic writes): the metrics JSON (INTERFACES "Metrics": the final metrics, the
 ``first_stage`` ones and ``meta``) and ``topk.json`` (each caption's top 10 images with their
@@ -30,11 +31,13 @@ from rasa.data.annotations import Annotations
 from rasa.data.dataset import ImageDataset, split_captions
 from rasa.data.token_cache import TokenCache, load_cache
 from rasa.engine.metrics import METRIC_KEYS, retrieval_metrics, top_indices
-from rasa.engine.ranking import _autocast, compose_scores, eval_mode, rerank_logits
+from rasa.engine.ranking import _autocast, compose_scores, eval_mode, rerank_logits, rerank_topk
 from rasa.errors import ConfigError, DataError
 from rasa.io import write_json
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+# datasets evaluated in both directions (paper Table 5: TR = image->text, IR = text->image)
+BOTH_DIRECTIONS = ("flickr30k", "coco")
 TOPK_RECORDED = 10
 
 
@@ -144,10 +147,15 @@ def evaluate_model(
     layout: str = "ours",
     resize: str = "pad",
     num_workers: int = 0,
+    i2t: bool | None = None,
     progress: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate ``model`` on ``split``; returns (metrics, topk) as written by
-    :func:`evaluate_checkpoint` (metrics without ``meta``)."""
+    :func:`evaluate_checkpoint` (metrics without ``meta``).
+
+    ``i2t`` adds image→text retrieval under ``metrics["i2t"]`` (same keys, its own
+    ``first_stage``); default: on for Flickr30K/COCO.
+    """
     dev = resolve_device(device)
     amp = autocast_dtype(dtype)
     annotations = Annotations.load(annotations_path) if annotations is None else annotations
@@ -191,6 +199,15 @@ def evaluate_model(
     }
     metrics["k"] = min(k, len(gallery))
     metrics["layout"] = layout
+    if i2t if i2t is not None else annotations.dataset.lower() in BOTH_DIRECTIONS:
+        scores_i2t = rerank_topk(
+            model, text_tokens, queries.mask, sims, image_tokens, k, layout=layout,
+            direction="i2t", pair_batch=pair_batch, image_block=image_block,
+            autocast_dtype=amp, progress=progress,
+        )  # fmt: skip
+        first = retrieval_metrics(sims.t(), gallery.pids, queries.pids, device=metric_device)
+        final = retrieval_metrics(scores_i2t, gallery.pids, queries.pids, device=metric_device)
+        metrics["i2t"] = dict(final, first_stage={key: first[key] for key in METRIC_KEYS})
     topk = topk_records(annotations, annotations_path, split, queries, gallery, scores)
     return metrics, topk
 

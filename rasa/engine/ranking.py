@@ -15,6 +15,9 @@ What this does differently from the official loop (same function, far less work)
 - captions are trimmed to the longest one in each chunk (padding only costs time);
 - optional autocast (``autocast_dtype=torch.bfloat16``) on CUDA.
 
+The same pair scorer (:func:`score_pairs`) serves image→text re-ranking (``direction="i2t"``:
+each image's top k captions, Flickr30K/COCO "TR" in Table 5).
+
 Peak memory beyond the inputs (elements; times 4 bytes in float32, 2 under bf16 autocast), with
 ``n`` fusion layers, ``M`` image tokens, ``Dv`` image width, ``D`` text width, ``I`` the text
 intermediate width, ``L`` the caption length and ``h`` heads::
@@ -52,6 +55,7 @@ from rasa.engine.metrics import top_indices
 from rasa.errors import ConfigError, RasaError
 
 LAYOUTS = ("ours", "official")
+DIRECTIONS = ("t2i", "i2t")
 OFFICIAL_FILL = -100.0
 CANDIDATE_OFFSET = 2.0
 
@@ -100,76 +104,63 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def _pair_order(
-    topk_index: Tensor, lengths: Tensor, image_block: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Flatten the (query, candidate) pairs and order them by image block, then by caption
-    length, so each chunk needs the K/V of one block and carries little padding."""
-    q, k = topk_index.shape
-    flat_img = topk_index.reshape(-1)
-    flat_txt = torch.arange(q).repeat_interleave(k)
+def _pair_order(pair_img: Tensor, pair_txt: Tensor, lengths: Tensor, image_block: int) -> Tensor:
+    """Order of the pairs: by image block, then by caption length (stable), so each chunk needs
+    the K/V of one block only and carries little padding."""
     span = int(lengths.max()) + 1
-    key = torch.div(flat_img, image_block, rounding_mode="floor") * span + lengths[flat_txt]
-    order = torch.argsort(key, stable=True)
-    return order, flat_img[order], flat_txt[order]
+    key = torch.div(pair_img, image_block, rounding_mode="floor") * span + lengths[pair_txt]
+    return torch.argsort(key, stable=True)
 
 
 @torch.no_grad()
-def rerank_logits(
+def score_pairs(
     model: nn.Module,
     text_tokens: Tensor,
     text_mask: Tensor,
-    sims: Tensor,
+    pair_txt: Tensor,
+    pair_img: Tensor,
     image_tokens: Tensor | None = None,
-    k: int = 128,
     *,
     image_kv: Any = None,
     pair_batch: int = 256,
     image_block: int = 256,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
-) -> RerankResult:
-    """ITM logits of each query's top ``k`` gallery images (by ``sims``), batched.
+) -> Tensor:
+    """ITM logits [P, 2] (float32, CPU) of the pairs (caption ``pair_txt[p]``, image
+    ``pair_img[p]``), batched; the image K/V are computed once per image, block by block.
 
-    ``text_tokens`` [Q, L, D] / ``text_mask`` [Q, L]: the text encoder's output for every query
-    (any device; rows are gathered per chunk and moved to the model's device).
-    ``image_tokens`` [G, 1+M, Dv] (any device), or ``image_kv`` = ``model.precompute_image_kv``
-    of all G images already computed (then ``image_tokens`` may be None).
+    ``text_tokens`` [T, L, D] / ``text_mask`` [T, L]: the text encoder's output (any device;
+    rows are gathered per chunk and moved to the model's device). ``image_tokens`` [G, 1+M, Dv]
+    (any device), or ``image_kv`` = ``model.precompute_image_kv`` of all G images.
     """
     if (image_tokens is None) == (image_kv is None):
-        raise RasaError("rerank_logits needs exactly one of image_tokens and image_kv.")
-    if pair_batch < 1 or image_block < 1 or k < 1:
+        raise RasaError("re-ranking needs exactly one of image_tokens and image_kv.")
+    if pair_batch < 1 or image_block < 1:
         raise ConfigError(
-            f"re-ranking sizes must be positive: k={k}, pair_batch={pair_batch}, "
+            f"re-ranking sizes must be positive: pair_batch={pair_batch}, "
             f"image_block={image_block}."
-        )
-    q, g = sims.shape
-    if text_tokens.shape[0] != q or text_mask.shape[:2] != text_tokens.shape[:2]:
-        raise RasaError(
-            f"re-ranking: sims has {q} query rows but text_tokens is {tuple(text_tokens.shape)} "
-            f"and text_mask {tuple(text_mask.shape)}; expected [{q}, L, D] and [{q}, L]."
-        )
-    if image_tokens is not None and image_tokens.shape[0] != g:
-        raise RasaError(
-            f"re-ranking: sims has {g} gallery columns but image_tokens has "
-            f"{image_tokens.shape[0]} images."
         )
     device = _device_of(model)
     param_dtype = next(model.parameters()).dtype
-    k = min(k, g)
-    topk_index = top_indices(sims, k)  # [Q, k] CPU, stable tie-breaking
+    pair_txt, pair_img = pair_txt.long().cpu(), pair_img.long().cpu()
+    num_pairs = pair_txt.shape[0]
     lengths = text_mask.sum(1).long().cpu()
-    order, pair_img, pair_txt = _pair_order(topk_index, lengths, image_block)
-    logits_sorted = torch.empty(q * k, 2, dtype=torch.float32)
+    order = _pair_order(pair_img, pair_txt, lengths, image_block)
+    pair_img, pair_txt = pair_img[order], pair_txt[order]
+    logits_sorted = torch.empty(num_pairs, 2, dtype=torch.float32)
     text_dev = text_tokens.device
+    g = int(pair_img.max()) + 1 if num_pairs else 0
     pair_block = torch.div(pair_img, image_block, rounding_mode="floor")
     bounds = torch.searchsorted(pair_block, torch.arange(0, g // image_block + 2))
-    bar = tqdm(total=q * k, desc="re-rank pairs", unit="pair", disable=not progress, leave=False)
+    bar = tqdm(
+        total=num_pairs, desc="re-rank pairs", unit="pair", disable=not progress, leave=False
+    )
     with eval_mode(model), _autocast(device, autocast_dtype):
         for b, g0 in enumerate(range(0, g, image_block)):
             lo, hi = int(bounds[b]), int(bounds[b + 1])
             if lo == hi:
-                continue  # no query has an image of this block among its candidates
+                continue  # no pair has an image of this block
             g1 = min(g0 + image_block, g)
             if image_kv is not None:
                 kv_block = _slice_rows(image_kv, g0, g1)
@@ -193,11 +184,64 @@ def rerank_logits(
     bar.close()
     logits = torch.empty_like(logits_sorted)
     logits[order] = logits_sorted
-    return RerankResult(topk_index, logits.view(q, k, 2))
+    return logits
+
+
+@torch.no_grad()
+def rerank_logits(
+    model: nn.Module,
+    text_tokens: Tensor,
+    text_mask: Tensor,
+    sims: Tensor,
+    image_tokens: Tensor | None = None,
+    k: int = 128,
+    *,
+    direction: str = "t2i",
+    image_kv: Any = None,
+    pair_batch: int = 256,
+    image_block: int = 256,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> RerankResult:
+    """ITM logits of each query's top ``k`` candidates by ``sims`` [T, G] (texts x images).
+
+    ``direction="t2i"``: queries are the T captions, candidates images (result [T, k]);
+    ``"i2t"`` (Flickr30K/COCO "TR"): queries are the G images, candidates captions ([G, k]).
+    See :func:`score_pairs` for the other arguments.
+    """
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"unknown direction {direction!r}; expected one of {list(DIRECTIONS)}.")
+    if k < 1:
+        raise ConfigError(f"re-ranking needs k >= 1 candidates, got k={k}.")
+    t, g = sims.shape
+    if text_tokens.shape[0] != t or text_mask.shape[:2] != text_tokens.shape[:2]:
+        raise RasaError(
+            f"re-ranking: sims has {t} caption rows but text_tokens is {tuple(text_tokens.shape)} "
+            f"and text_mask {tuple(text_mask.shape)}; expected [{t}, L, D] and [{t}, L]."
+        )
+    if image_tokens is not None and image_tokens.shape[0] != g:
+        raise RasaError(
+            f"re-ranking: sims has {g} gallery columns but image_tokens has "
+            f"{image_tokens.shape[0]} images."
+        )
+    query_sims = sims if direction == "t2i" else sims.t()
+    n, c = query_sims.shape
+    k = min(k, c)
+    topk_index = top_indices(query_sims, k)  # [n, k] CPU, stable tie-breaking
+    query = torch.arange(n).repeat_interleave(k)
+    cand = topk_index.reshape(-1)
+    pair_txt, pair_img = (query, cand) if direction == "t2i" else (cand, query)
+    logits = score_pairs(
+        model, text_tokens, text_mask, pair_txt, pair_img, image_tokens, image_kv=image_kv,
+        pair_batch=pair_batch, image_block=image_block, autocast_dtype=autocast_dtype,
+        progress=progress,
+    )  # fmt: skip
+    return RerankResult(topk_index, logits.view(n, k, 2))
 
 
 def compose_scores(sims: Tensor, result: RerankResult, layout: str = "ours") -> Tensor:
-    """The final score matrix [Q, G] (float32, CPU) from the first stage and the re-ranking."""
+    """The final score matrix (float32, CPU) from the first-stage ``sims`` [queries,
+    candidates] and the re-ranking (pass ``sims.t()`` for image-to-text)."""
     if layout not in LAYOUTS:
         raise ConfigError(f"unknown score layout {layout!r}; expected one of {list(LAYOUTS)}.")
     logits = result.itm_logits
@@ -221,29 +265,25 @@ def rerank_topk(
     k: int = 128,
     *,
     layout: str = "ours",
+    direction: str = "t2i",
     image_kv: Any = None,
     pair_batch: int = 256,
     image_block: int = 256,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
 ) -> Tensor:
-    """Two-stage score matrix [Q, G]: top ``k`` by ``sims`` re-scored by ITM (see module doc)."""
+    """Two-stage score matrix: top ``k`` by ``sims`` [T, G] re-scored by ITM (module doc).
+
+    [T, G] for ``direction="t2i"``, [G, T] (images as queries) for ``"i2t"``.
+    """
     if layout not in LAYOUTS:
         raise ConfigError(f"unknown score layout {layout!r}; expected one of {list(LAYOUTS)}.")
     result = rerank_logits(
-        model,
-        text_tokens,
-        text_mask,
-        sims,
-        image_tokens,
-        k,
-        image_kv=image_kv,
-        pair_batch=pair_batch,
-        image_block=image_block,
-        autocast_dtype=autocast_dtype,
-        progress=progress,
-    )
-    return compose_scores(sims, result, layout)
+        model, text_tokens, text_mask, sims, image_tokens, k, direction=direction,
+        image_kv=image_kv, pair_batch=pair_batch, image_block=image_block,
+        autocast_dtype=autocast_dtype, progress=progress,
+    )  # fmt: skip
+    return compose_scores(sims if direction == "t2i" else sims.t(), result, layout)
 
 
 @torch.no_grad()
@@ -255,19 +295,26 @@ def rerank_naive(
     image_tokens: Tensor,
     k: int = 128,
     layout: str = "ours",
+    direction: str = "t2i",
 ) -> Tensor:
     """Reference: the official per-query loop (one fused batch of k candidates per query, image
     keys/values recomputed for every pair). For tests and the benchmark's baseline only."""
-    q, g = sims.shape
-    k = min(k, g)
+    query_sims = sims if direction == "t2i" else sims.t()
+    n, c = query_sims.shape
+    k = min(k, c)
     device = _device_of(model)
-    topk_index = top_indices(sims, k)
-    logits = torch.empty(q, k, 2)
+    topk_index = top_indices(query_sims, k)
+    logits = torch.empty(n, k, 2)
     with eval_mode(model):
-        for i in range(q):
+        for i in range(n):
             cand = topk_index[i]
-            tt = text_tokens[i : i + 1].to(device).expand(k, -1, -1)
-            mask = text_mask[i : i + 1].to(device).expand(k, -1)
-            fused = model.fuse(tt, mask, image_tokens[cand].to(device))
+            if direction == "t2i":
+                tt = text_tokens[i : i + 1].to(device).expand(k, -1, -1)
+                mask = text_mask[i : i + 1].to(device).expand(k, -1)
+                images = image_tokens[cand].to(device)
+            else:
+                tt, mask = text_tokens[cand].to(device), text_mask[cand].to(device)
+                images = image_tokens[i : i + 1].to(device).expand(k, -1, -1)
+            fused = model.fuse(tt, mask, images)
             logits[i] = model.itm_logits(fused).float().cpu()
-    return compose_scores(sims, RerankResult(topk_index, logits), layout)
+    return compose_scores(query_sims, RerankResult(topk_index, logits), layout)
