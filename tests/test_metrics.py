@@ -131,6 +131,15 @@ def test_top_indices_stable() -> None:
     assert top_indices(s, 10).shape == (1, 5)
 
 
+@pytest.mark.parametrize("n", [1, 3, 7, 17])
+def test_top_indices_equals_stable_full_sort(n: int) -> None:
+    gen = torch.Generator().manual_seed(n)
+    s = torch.randint(0, 4, (31, 17), generator=gen).float()  # heavy ties at every boundary
+    s[0] = -100.0  # one row entirely tied
+    ref = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :n]
+    assert torch.equal(top_indices(s, n, chunk_rows=4), ref)
+
+
 def test_bad_input_raises() -> None:
     with pytest.raises(RasaError, match="query ids"):
         retrieval_metrics(torch.zeros(2, 3), [0], [0, 1, 2])

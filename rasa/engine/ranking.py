@@ -227,7 +227,7 @@ def rerank_logits(
     query_sims = sims if direction == "t2i" else sims.t()
     n, c = query_sims.shape
     k = min(k, c)
-    topk_index = top_indices(query_sims, k)  # [n, k] CPU, stable tie-breaking
+    topk_index = top_indices(query_sims, k, device=_device_of(model))  # [n, k] CPU, stable ties
     query = torch.arange(n).repeat_interleave(k)
     cand = topk_index.reshape(-1)
     pair_txt, pair_img = (query, cand) if direction == "t2i" else (cand, query)
