@@ -18,7 +18,11 @@ from rasa.engine.metrics import (
 )
 from rasa.errors import RasaError
 
-FIXTURE = Path(__file__).parent / "fixtures" / "official_rasa_tiny"
+FIXTURES = sorted(
+    p
+    for p in (Path(__file__).parent / "fixtures").iterdir()
+    if (p / "outputs.pt").is_file() and (p / "inputs.pt").is_file()
+)
 
 
 def naive_metrics(scores: np.ndarray, qp: np.ndarray, gp: np.ndarray) -> dict[str, float]:
@@ -147,9 +151,10 @@ def test_bad_input_raises() -> None:
         retrieval_metrics(torch.tensor([[float("nan"), 0.0]]), [0], [0, 1])
 
 
-def test_official_fixture_metrics_all() -> None:
-    inputs = torch.load(FIXTURE / "inputs.pt", weights_only=True)
-    outputs = torch.load(FIXTURE / "outputs.pt", weights_only=True)
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.name)
+def test_official_fixture_metrics_all(fixture: Path) -> None:
+    inputs = torch.load(fixture / "inputs.pt", weights_only=True)
+    outputs = torch.load(fixture / "outputs.pt", weights_only=True)
     ours = retrieval_metrics(outputs["scores_all"], inputs["txt2person"], inputs["img2person"])
     for key, value in outputs["metrics_all"].items():
         assert ours[key] == pytest.approx(float(value), abs=1e-3), key

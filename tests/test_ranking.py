@@ -20,7 +20,12 @@ from rasa.errors import ConfigError, RasaError
 from rasa.models.config import ModelConfig
 from rasa.models.rasa_model import RaSaModel
 
-FIXTURE = Path(__file__).parent / "fixtures" / "official_rasa_tiny"
+# every official parity fixture (sizes are read from the files, never assumed)
+FIXTURES = sorted(
+    p
+    for p in (Path(__file__).parent / "fixtures").iterdir()
+    if (p / "checkpoint.pth").is_file() and (p / "outputs.pt").is_file()
+)
 
 
 def tiny_model(seed: int = 0) -> RaSaModel:
@@ -136,16 +141,14 @@ def test_restores_training_mode(setup) -> None:
         model.eval()
 
 
-def _official_model():
-    loaders = pytest.importorskip("rasa.models.loaders")
-    return loaders.load_official(FIXTURE / "checkpoint.pth")
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.name)
+def test_official_fixture_scores_topk(fixture: Path) -> None:
+    from rasa.models.loaders import load_official
 
-
-def test_official_fixture_scores_topk() -> None:
-    model = _official_model()
-    inputs = torch.load(FIXTURE / "inputs.pt", weights_only=True)
-    outputs = torch.load(FIXTURE / "outputs.pt", weights_only=True)
-    cfg = torch.load(FIXTURE / "checkpoint.pth", weights_only=True)["config"]
+    model = load_official(fixture / "checkpoint.pth")
+    inputs = torch.load(fixture / "inputs.pt", weights_only=True)
+    outputs = torch.load(fixture / "outputs.pt", weights_only=True)
+    cfg = torch.load(fixture / "checkpoint.pth", weights_only=True)["config"]
     model.eval()
     with torch.no_grad():
         image_tokens = model.encode_image(inputs["images"])
