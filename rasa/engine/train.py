@@ -168,10 +168,22 @@ def train(
     if tc.max_steps is not None:
         total_steps = min(total_steps, tc.max_steps)
     warmup_steps = round(tc.warmup_epochs * steps_per_epoch)
+    # f-RTD's fixed generator: trained once per token cache (rank 0 first, the others then
+    # read it); its training must not move the global RNG (runs with and without a cached
+    # generator file stay identical).
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        if dist.enabled and not main:
+            D.barrier()
+        token_generator = fixed_generator(variant, cfg, ann, cache, dev)
+        if dist.enabled and main:
+            D.barrier()
     groups = param_groups(model, tc)
     optimizer = torch.optim.AdamW(groups, weight_decay=tc.weight_decay, betas=(0.9, 0.999))
     generator = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + dist.rank)
 
+    select_name = cfg.eval.select_metric
+    if variant.itm is None:
+        select_name = f"first_stage.{select_name}"
     step, epoch, step_in_epoch = 0, 0, 0
     record: dict[str, Any] = {"best": None, "val_curve": [], "train_seconds": 0.0}
     last_path, best_path = out / LAST, out / BEST
@@ -187,7 +199,7 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         cfg.save(out / "config.yaml")
 
-    step_module = _Step(model, variant, loss_cfg, fixed_generator(variant, cfg, ann, cache, dev))
+    step_module = _Step(model, variant, loss_cfg, token_generator)
     if dist.enabled:
         # Queues and momentum weights stay equal across ranks by construction (gathered
         # enqueue, EMA of synchronised weights): no buffer broadcast every forward.
@@ -317,12 +329,14 @@ def train(
             last = epoch >= tc.epochs or step >= total_steps
             if main and (epoch % tc.eval_every_epochs == 0 or last) and ann.split("val"):
                 val = evaluate_split(model, ann, cfg, cache, "val")
-                metric = val[cfg.eval.select_metric]
+                # A variant without ITM (cl) has an untrained ITM head: select on the first stage.
+                stage = val if variant.itm is not None else val["first_stage"]
+                metric = stage[cfg.eval.select_metric]
                 record["val_curve"].append({"epoch": epoch_for_log + 1, "step": step, **_flat(val)})
                 log.eval(step, "val", val)
                 if record["best"] is None or metric > record["best"]["value"]:
                     record["best"] = {"epoch": epoch_for_log + 1, "step": step, "value": metric,
-                                      "metric": cfg.eval.select_metric}  # fmt: skip
+                                      "metric": select_name}  # fmt: skip
                     save_model_checkpoint(
                         best_path, model=model, config=cfg.to_dict(), record=record["best"]
                     )
