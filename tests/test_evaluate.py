@@ -178,3 +178,15 @@ def test_bench_evaluate_small() -> None:
     assert report["max_abs_diff"] < 1e-4
     for key in ("embed_s", "rerank_s", "rerank_ms_per_query", "naive_ms_per_query", "speedup"):
         assert report[key] > 0
+
+
+def test_load_model_for_eval_reads_official_checkpoints() -> None:
+    from pathlib import Path
+
+    from rasa.engine.evaluate import load_model_for_eval
+
+    fixture = Path(__file__).parent / "fixtures" / "official_rasa_tiny"
+    model, config = load_model_for_eval(fixture / "checkpoint.pth")
+    assert config["resize"] == "stretch"  # the official transform squeezes images
+    outputs = torch.load(fixture / "outputs.pt", weights_only=True)
+    assert model.config.embed_dim == outputs["image_feat"].shape[1]
