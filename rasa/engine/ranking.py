@@ -26,8 +26,9 @@ intermediate width, ``L`` the caption length and ``h`` heads::
     + pair_batch * (2 * n * M * D                          # K/V gathered for the chunk
                     + L * (c * D + I) + h * L * M)         # fusion activations (c ~ 6)
 
-plus ``Q * k * 2`` float32 logits and the ``[Q, G]`` output. Example, paper size (M = 577,
-D = Dv = 768, n = 6, bf16): image_block 256 -> ~1.5 GB, pair_batch 256 -> ~1.4 GB.
+plus ``Q * k * 2`` float32 logits and the ``[Q, G]`` output (CPU). Example, paper size
+(M = 577, D = Dv = 768, I = 3072, L = 50, n = 6, bf16): image_block 256 -> ~3.0 GB,
+pair_batch 256 -> ~3.1 GB (mostly the gathered K/V: 10.6 MB per pair).
 
 Score layouts (:func:`compose_scores`):
 
@@ -37,7 +38,8 @@ Score layouts (:func:`compose_scores`):
 - ``"ours"`` (default): ``2 + p`` for the candidates, ``p = softmax(itm)[..., 1]`` the match
   probability (in (0, 1)), and the unimodal similarity (in [-1, 1]) for every other image: the
   candidates come first in probability order, the rest keep their first-stage order instead of
-  collapsing into a tie.
+  collapsing into a tie. ``2 + p`` is a float32 (resolution 2.4e-7 near 2): probabilities
+  closer than that tie and fall back to gallery order.
 """
 
 from __future__ import annotations
