@@ -54,6 +54,17 @@ class Dataset:
         """True when a rule makes :attr:`raw` (synth or url), False for a local path."""
         return self.spec["source"] in ("synth", "url")
 
+    def require_raw(self) -> str:
+        """:attr:`raw`, checked: a real dataset given by path must be where params says."""
+        if not self.generated and not Path(self.raw).exists():
+            raise ConfigError(
+                f"dataset {self.name!r}: {self.raw} not found. Real datasets are given on "
+                "request by their authors: place the release there (the folder holding "
+                f"its JSON file and imgs/), or set data.datasets.{self.name}.path (or url + "
+                "sha256) in params.yaml. See README.md, 'Real data and checkpoints'."
+            )
+        return self.raw
+
     @property
     def format(self) -> str:
         return {"cuhk": "cuhk-pedes", "icfg": "icfg-pedes", "rstp": "rstpreid"}.get(

@@ -49,7 +49,7 @@ rule fetch:
 
 rule parse:
     input:
-        raw=lambda w: PLAN.datasets[w.dataset].raw,
+        raw=lambda w: PLAN.datasets[w.dataset].require_raw(),
     output:
         annotations="data/{dataset}/annotations.json",
     log:
