@@ -36,12 +36,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "that images exist, captions are not empty, splits are known and identities do not "
         "cross splits; prints per-split statistics beside the paper's figures.",
     )
-    p.add_argument("--format", choices=FORMATS, default="auto",
-                   help="raw format (default: detect from the files)")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="auto",
+        help="raw format (default: detect from the files)",
+    )
     p.add_argument("--root", required=True, help="dataset directory as released")
     p.add_argument("--out", required=True, help="annotation table to write (.json)")
-    p.add_argument("--no-check-images", action="store_true",
-                   help="do not check that every image file exists")
+    p.add_argument(
+        "--no-check-images", action="store_true", help="do not check that every image file exists"
+    )
     p.set_defaults(func=_parse)
 
     p = dsub.add_parser(
@@ -57,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--annotations", required=True, help="annotation table (.json)")
     p.add_argument("--tokenizer", required=True, metavar="SPEC", help="tokenizer spec")
     p.add_argument("--max-len", type=int, default=50, help="tokens per caption incl. [CLS]")
+    p.add_argument("--no-sep", action="store_true",
+                   help="official ALBEF/RaSa layout: [CLS] + word pieces, no [SEP] (use it to "
+                   "score official checkpoints on the input they were trained on)")  # fmt: skip
     p.add_argument("--out", required=True, help="token cache to write (.npz)")
     p.set_defaults(func=_tokenize)
 
@@ -92,7 +100,9 @@ def _parse(args: argparse.Namespace) -> int:
 def _tokenize(args: argparse.Namespace) -> int:
     from rasa.data.token_cache import build_cache
 
-    build_cache(args.annotations, args.tokenizer, args.out, max_len=args.max_len)
+    build_cache(
+        args.annotations, args.tokenizer, args.out, max_len=args.max_len, add_sep=not args.no_sep
+    )
     return 0
 
 
