@@ -88,6 +88,18 @@ def test_train_writes_outputs_and_resumes_exactly_after_sigterm(data, tmp_path):
                 "temperature"):  # fmt: skip
         assert key in header
 
+    # `rasa evaluate` on the selected checkpoint reproduces the test figures of metrics.json.
+    from rasa.cli import main
+
+    ann, tok = data
+    args = ["evaluate", "--checkpoint", str(out / "checkpoint_best.pt"), "--annotations",
+            str(ann), "--tokens", str(tok), "--split", "test", "--k-test", "8", "--out",
+            str(tmp_path / "eval.json"), "--topk-out", str(tmp_path / "topk.json")]  # fmt: skip
+    assert main(args) == 0
+    again = json.loads((tmp_path / "eval.json").read_text())
+    assert again["r1"] == ref["r1"] and again["first_stage"] == ref["first_stage"]
+    assert (tmp_path / "topk.json").is_file()
+
     # Preempted at step 3 (mid epoch 1): checkpoint, Preempted; --resume finishes identically.
     def kill_at_3(step: int) -> None:
         if step == 3:
@@ -107,6 +119,18 @@ def test_same_seed_same_metrics_and_grad_accum_runs(data, tmp_path):
     a = train(cfg, tmp_path / "a", progress=False, dvclive=False)
     b = train(cfg, tmp_path / "b", progress=False, dvclive=False)
     assert deterministic(a) == deterministic(b)
+
+
+def test_bench_train_step_prints_one_json_line(capsys):
+    from rasa.cli import main
+
+    args = ["bench", "train-step", "--backbone", "tiny", "--variant", "m-rtd", "--batch-size",
+            "4", "--image-size", "32", "16", "--warmup", "1", "--repeats", "2"]  # fmt: skip
+    assert main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    res = json.loads(lines[-1])
+    assert res["variant"] == "m-rtd" and res["image_size"] == [32, 16]
+    assert res["seconds_per_step"] > 0 and res["peak_memory_mib"] > 0
 
 
 def _cli(args: list[str], **kw) -> subprocess.Popen:
