@@ -151,6 +151,8 @@ def train(
     # ---- model and optimizer (same seed on every rank: identical initial weights) ---------
     seed_everything(cfg.seed)
     model = build_model(cfg.backbone, cfg.model, cache).to(dev)
+    if dist.rank:  # other dropout draws per rank (rank 0 keeps the one-process stream)
+        seed_everything(cfg.seed + dist.rank)
     mc = model.config
     dataset = TrainDataset(
         ann, cfg.annotations, cache, split="train", image_size=tuple(mc.image_size),
