@@ -82,14 +82,19 @@ def setup():
 
 
 @pytest.mark.parametrize("layout", ["ours", "official"])
+# share_min: 0/None = every chunk gathers K/V per pair, 1 = every image gets its own broadcast
+# chunks, 3 = a mix (images in >= 3 pairs broadcast, the rest gathered)
 @pytest.mark.parametrize(
-    ("k", "pair_batch", "image_block"), [(4, 5, 2), (9, 1000, 1000), (20, 3, 4)]
+    ("k", "pair_batch", "image_block", "share_min"),
+    [(4, 5, 2, 0), (4, 5, 2, 1), (9, 1000, 1000, None), (20, 3, 4, 1), (6, 8, 4, 3)],
 )
-def test_batched_equals_per_query_loop(setup, layout, k, pair_batch, image_block) -> None:
+def test_batched_equals_per_query_loop(
+    setup, layout, k, pair_batch, image_block, share_min
+) -> None:
     model, text_tokens, mask, image_tokens, sims = setup
     fast = rerank_topk(
-        model, text_tokens, mask, sims, image_tokens, k,
-        layout=layout, pair_batch=pair_batch, image_block=image_block,
+        model, text_tokens, mask, sims, image_tokens, k, layout=layout,
+        pair_batch=pair_batch, image_block=image_block, share_min=share_min,
     )  # fmt: skip
     ref = rerank_naive(model, text_tokens, mask, sims, image_tokens, k, layout=layout)
     torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-5)

@@ -148,6 +148,7 @@ def evaluate_model(
     resize: str = "pad",
     num_workers: int = 0,
     i2t: bool | None = None,
+    share_min: int | None = None,
     progress: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate ``model`` on ``split``; returns (metrics, topk) as written by
@@ -183,7 +184,8 @@ def evaluate_model(
     t1 = time.perf_counter()
     result = rerank_logits(
         model, text_tokens, queries.mask, sims, image_tokens, k,
-        pair_batch=pair_batch, image_block=image_block, autocast_dtype=amp, progress=progress,
+        pair_batch=pair_batch, image_block=image_block, share_min=share_min,
+        autocast_dtype=amp, progress=progress,
     )  # fmt: skip
     scores = compose_scores(sims, result, layout)
     t2 = time.perf_counter()
@@ -203,7 +205,7 @@ def evaluate_model(
         scores_i2t = rerank_topk(
             model, text_tokens, queries.mask, sims, image_tokens, k, layout=layout,
             direction="i2t", pair_batch=pair_batch, image_block=image_block,
-            autocast_dtype=amp, progress=progress,
+            share_min=share_min, autocast_dtype=amp, progress=progress,
         )  # fmt: skip
         first = retrieval_metrics(sims.t(), gallery.pids, queries.pids, device=metric_device)
         final = retrieval_metrics(scores_i2t, gallery.pids, queries.pids, device=metric_device)
@@ -349,6 +351,7 @@ def bench_evaluate(
     device: str | torch.device | None = None,
     dtype: str = "fp32",
     naive_queries: int | None = None,
+    share_min: int | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Time evaluation on random data: embedding, batched re-ranking, and the official-style
@@ -388,7 +391,7 @@ def bench_evaluate(
     t2 = time.perf_counter()
     result = rerank_logits(
         model, text_tokens, mask, sims, image_tokens, k,
-        pair_batch=pair_batch, image_block=image_block, autocast_dtype=amp,
+        pair_batch=pair_batch, image_block=image_block, share_min=share_min, autocast_dtype=amp,
     )  # fmt: skip
     fast = compose_scores(sims, result, "official")
     _sync(dev)
@@ -403,6 +406,7 @@ def bench_evaluate(
         "k": min(k, num_images),
         "pair_batch": pair_batch,
         "image_block": image_block,
+        "share_min": share_min or 0,
         "embed_images_s": t1 - t0,
         "embed_texts_s": t2 - t1,
         "embed_s": t2 - t0,
