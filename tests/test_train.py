@@ -28,7 +28,7 @@ MICRO = [
     "model.text_intermediate=64", "model.num_layers=2", "model.fusion_layer=1",
     "model.embed_dim=32", "model.queue_size=64", "model.max_position_embeddings=64",
     "train.batch_size=16", "train.epochs=2", "train.num_workers=0", "train.log_every_steps=2",
-    "train.ckpt_every_steps=0", "eval.k_test=8",
+    "train.ckpt_every_steps=0", "eval.k_test=8", "loss.alpha=0.4",
 ]  # fmt: skip
 
 
