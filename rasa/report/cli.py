@@ -150,9 +150,14 @@ def _parse_topk_args(items: Sequence[str] | None, found: Sequence[str]) -> list[
         out = []
         for item in items:
             path, _, label = item.partition("=")
-            out.append((label or Path(path).parent.name, Path(path)))
+            out.append((label or _topk_label(Path(path)), Path(path)))
         return out
-    return [(Path(f).parent.name, Path(f)) for f in found]
+    return [(_topk_label(Path(f)), Path(f)) for f in found]
+
+
+def _topk_label(path: Path) -> str:
+    """results/topk/<experiment>.json -> experiment; <run dir>/topk.json -> run dir."""
+    return path.stem if path.parent.name == "topk" else path.parent.name
 
 
 def _slug(text: str) -> str:
@@ -228,6 +233,7 @@ def build_report(
     # figures
     index.append("\n## Figures\n")
     fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)  # always there: a declared output of the DAG
     sweep_runs = [r for r in runs if sweep_point(r) is not None]
     if sweep_runs:
         contexts: dict[tuple, list] = {}
@@ -248,7 +254,9 @@ def build_report(
     else:
         report.notes.append("Fig. 4: no sweep runs (meta.sweep or 'p_w=0.2' in the name)")
         index.append("- Fig. 4: no sweep runs among the results.")
-    topk_found = [f for f in skipped if Path(f).name.startswith("topk")]
+    topk_found = [
+        f for f in skipped if Path(f).name.startswith("topk") or Path(f).parent.name == "topk"
+    ]
     topk_files = _parse_topk_args(topk, topk_found if topk is None else [])
     for label, path in topk_files:
         stem = "fig5-" + _slug(label)
@@ -262,7 +270,7 @@ def build_report(
             continue
         report.outputs += paths
         index.append(f"- Fig. 5 ({label}): [`figures/{stem}.png`](figures/{stem}.png)")
-    if topk and len(topk_files) > 1:  # as in the paper: one row per model on the same queries
+    if len(topk_files) > 1:  # as in the paper: one row per model on the same queries
         try:
             docs = [(label, figures.load_topk(path)) for label, path in topk_files]
             roots = [figures.resolve_image_root(doc, annotations) for _, doc in docs]
