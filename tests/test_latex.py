@@ -5,12 +5,12 @@ Without pdflatex/pdftoppm the tests fail under CI (CI set) and are skipped other
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import missing_tool
 
 from rasa.report.cli import compile_latex
 from rasa.report.results import run_from_record
@@ -20,10 +20,7 @@ from rasa.report.tables import PREAMBLE_PACKAGES, build_our_tables, render_table
 def _require(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
-        msg = f"{', '.join(missing)} not installed (bash scripts/setup_latex.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        missing_tool(f"{', '.join(missing)} not installed (bash scripts/setup_latex.sh)")
 
 
 def _runs():

@@ -1,13 +1,11 @@
 """The single-node SLURM of scripts/slurm_up.sh runs batch jobs, including gpu requests.
 
 Needs slurm-wlm + munge (scripts/slurm_up.sh installs them) and root. Without sbatch the tests
-fail under CI (CI set) and are skipped otherwise.
+fail under CI (CI set) and are skipped otherwise (the ``slurm`` fixture, tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -24,29 +22,6 @@ TERMINAL = {
     "OUT_OF_MEMORY",
     "PREEMPTED",
 }
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI: run `bash scripts/slurm_up.sh` as root first)")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="session")
-def slurm():
-    if shutil.which("sbatch") is None or shutil.which("slurmctld") is None:
-        _missing("SLURM is not installed (bash scripts/slurm_up.sh installs it)")
-    if os.geteuid() != 0:
-        _missing("bringing up SLURM needs root")
-    was_up = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
-    proc = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "slurm_up.sh"), "--no-install"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    yield
-    if "UP" not in was_up.stdout:  # leave a cluster we found running as it was
-        subprocess.run(["bash", str(ROOT / "scripts" / "slurm_down.sh")], timeout=60)
 
 
 def _job_state(job_id: str) -> str:
