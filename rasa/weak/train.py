@@ -35,8 +35,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from rasa.config import ExperimentConfig
 from rasa.engine import distributed as D
-from rasa.engine.checkpoint import BEST, LAST, load_checkpoint, restore, save_checkpoint
-from rasa.engine.checkpoint import save_model_checkpoint
+from rasa.engine.checkpoint import (
+    BEST,
+    LAST,
+    load_checkpoint,
+    restore,
+    save_checkpoint,
+    save_model_checkpoint,
+)
 from rasa.engine.train import (  # noqa: PLC2701 - private helpers reused on purpose
     CurveLogger,
     _final_report,
