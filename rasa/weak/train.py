@@ -85,6 +85,7 @@ class CMMTConfig:
     pos_iou: float = 0.5
     neg_iou: float = 0.2
     margin: float = 0.2
+    cmpm_eps: float = 1e-8  # the ε of q + ε in L_M (the notes' formula)
     feature_batch_size: int = 64
 
     @classmethod
@@ -219,8 +220,8 @@ def cmmt_losses(model, batch, labels: torch.Tensor, phrase_ids, cc: CMMTConfig, 
     iou = batch_iou([phrase_ids[int(k)] for k in batch["caption_index"]]).to(text_feat.device)
     scale = 1.0 / temp.detach()
     out["loss_cmpm"] = 0.5 * (
-        cmpm_textiou_loss(text_feat, image_feat, iou, scale)
-        + cmpm_textiou_loss(image_feat, text_feat, iou.T, scale)
+        cmpm_textiou_loss(text_feat, image_feat, iou, scale, cc.cmpm_eps)
+        + cmpm_textiou_loss(image_feat, text_feat, iou.T, scale, cc.cmpm_eps)
     )
     mine = dict(topk=cc.mine_topk, pos_iou=cc.pos_iou, neg_iou=cc.neg_iou, margin=cc.margin)
     out["loss_mine"] = (

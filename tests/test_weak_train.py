@@ -1,0 +1,98 @@
+"""CMMT training end to end on a micro model: no identity label reaches training.
+
+Shuffling the person ids of the TRAIN records (same images, same captions, same order; other
+persons grouped together) must leave a short CMMT run bit-identical: losses, weights,
+checkpoint tensors and validation/test metrics. Only the pseudo-label report (ARI against the
+true ids) may differ, since it reads the ids after clustering.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rasa.config import load_params, resolve_experiment
+from rasa.weak.train import train_cmmt
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MICRO = [
+    "model.image_size=[32, 16]", "model.vision_width=32", "model.vision_depth=1",
+    "model.vision_mlp_dim=64", "model.text_width=32", "model.text_heads=2",
+    "model.text_intermediate=64", "model.num_layers=2", "model.fusion_layer=1",
+    "model.embed_dim=32", "model.queue_size=16", "model.max_position_embeddings=64",
+    "train.batch_size=16", "train.epochs=2", "train.num_workers=0", "train.log_every_steps=1",
+    "train.ckpt_every_steps=0", "train.max_steps=4", "eval.k_test=4",
+]  # fmt: skip
+CMMT = {"min_samples": 2, "k1": 4, "k2": 2, "eps": 0.7, "feature_batch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A 12-identity SynthPEDES set + a copy whose train person ids are shuffled."""
+    from rasa.data.annotations import Annotations
+    from rasa.data.formats import parse_to_file
+    from rasa.data.synth import generate
+    from rasa.data.token_cache import build_cache
+
+    root = tmp_path_factory.mktemp("weak")
+    generate("cuhk", n_ids=12, seed=0, out=root / "raw", progress=False)
+    parse_to_file("auto", root / "raw", root / "annotations.json")
+    build_cache(root / "annotations.json", "wordpiece:200", root / "tokens.npz")
+    ann = Annotations.load(root / "annotations.json")
+    train = [i for i, r in enumerate(ann.records) if r.split == "train"]
+    pids = np.asarray([ann.records[i].pid for i in train])
+    shuffled = np.random.default_rng(1).permutation(pids)
+    assert (shuffled != pids).any()
+    records = list(ann.records)
+    for i, p in zip(train, shuffled, strict=True):
+        records[i] = replace(records[i], pid=int(p) + 1000)
+    replace(ann, records=records).save(root / "annotations_shuffled.json")
+    return root / "annotations.json", root / "annotations_shuffled.json", root / "tokens.npz"
+
+
+def _run(ann: Path, tok: Path, out: Path) -> dict:
+    sets = [*MICRO, f"annotations={ann}", f"tokens={tok}"]
+    cfg = resolve_experiment(load_params(ROOT / "params.yaml"), "synth-cuhk-tiny-cl", sets)
+    return train_cmmt(cfg, out, device="cpu", progress=False, dvclive=False, cmmt=CMMT)
+
+
+def _losses(out: Path) -> list[str]:
+    lines = (out / "train_log.txt").read_text().splitlines()
+    return [line.split(" ", 2)[2] for line in lines if " step " in line and "loss" in line]
+
+
+def test_cmmt_uses_no_identity_label(data, tmp_path):
+    ann, shuffled, tok = data
+    m1 = _run(ann, tok, tmp_path / "a")
+    m2 = _run(shuffled, tok, tmp_path / "b")
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
+        s1 = torch.load(tmp_path / "a" / name, weights_only=False)["model"]
+        s2 = torch.load(tmp_path / "b" / name, weights_only=False)["model"]
+        assert s1.keys() == s2.keys()
+        for k in s1:
+            assert torch.equal(s1[k], s2[k]), k
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b") and _losses(tmp_path / "a")
+    for key in ("r1", "r5", "mAP", "first_stage", "val_curve", "selected"):
+        assert m1[key] == m2[key], key
+    # the same pseudo labels (clusters, outliers, rescues); only the ARI may differ
+    strip = [
+        {mod: {k: v for k, v in e[mod].items() if k != "ari"} for mod in ("image", "text", "pair")}
+        for e in m1["pseudo_labels"]
+    ]
+    assert strip == [
+        {mod: {k: v for k, v in e[mod].items() if k != "ari"} for mod in ("image", "text", "pair")}
+        for e in m2["pseudo_labels"]
+    ]
+    # outputs in the supervised schema + the pseudo-label report
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert saved["meta"]["method"] == "cmmt" and len(saved["pseudo_labels"]) == 2
+    assert {"clusters", "outliers", "ari", "mplr_rescued"} <= set(
+        saved["pseudo_labels"][0]["image"]
+    )
+    assert (tmp_path / "a" / "curve" / "train.csv").is_file()
