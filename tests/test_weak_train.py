@@ -96,3 +96,29 @@ def test_cmmt_uses_no_identity_label(data, tmp_path):
         saved["pseudo_labels"][0]["image"]
     )
     assert (tmp_path / "a" / "curve" / "train.csv").is_file()
+
+
+def test_cmmt_cli_trains_and_rejects_unknown_settings(data, tmp_path, capsys):
+    import argparse
+
+    from rasa.errors import ConfigError
+    from rasa.weak import cli
+
+    ann, _, tok = data
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command"))
+    base = ["cmmt", "train", "--experiment", "synth-cuhk-tiny-cl", "--params",
+            str(ROOT / "params.yaml"), "--annotations", str(ann), "--tokens", str(tok),
+            "--no-progress", "--no-dvclive", "--out", str(tmp_path / "run")]  # fmt: skip
+    sets = [x for s in MICRO if not s.startswith("train.epochs") for x in ("--set", s)]
+    sets += ["--set", "train.epochs=1", "--set", "train.max_steps=1"]
+    cm = [x for k, v in CMMT.items() for x in ("--cmmt", f"{k}={v}")] + ["--cmmt", "metric=cosine"]
+    args = parser.parse_args([*base, *sets, *cm])
+    assert args.func(args) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "first_stage" in printed
+    saved = json.loads((tmp_path / "run" / "cmmt_config.json").read_text())
+    assert saved["metric"] == "cosine" and saved["min_samples"] == 2
+    bad = parser.parse_args([*base, *sets, "--cmmt", "nope=1"])
+    with pytest.raises(ConfigError, match="nope"):
+        bad.func(bad)

@@ -1,0 +1,79 @@
+"""``rasa cmmt train``: weakly supervised CMMT training of an experiment of ``params.yaml``.
+
+The experiment gives the dataset, backbone, model, optimiser and evaluation settings (its
+``variant`` is ignored: CMMT has its own losses); CMMT's own settings
+(:class:`rasa.weak.train.CMMTConfig`) come from a top-level ``cmmt:`` section of the params
+file when present, then ``--cmmt key=value`` overrides (YAML values). Outputs as ``rasa train``
+plus ``cmmt_config.json`` and ``metrics.json["pseudo_labels"]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cmmt", help="weakly supervised CMMT (no identity labels)")
+    csub = p.add_subparsers(dest="cmmt_command", metavar="WHAT", required=True)
+    t = csub.add_parser(
+        "train",
+        help="train an experiment with CMMT (pseudo identities, MPLR, Text-IoU losses)",
+        description="Train --experiment with CMMT into --out: checkpoints, metrics.json (same "
+        "schema as `rasa train` + pseudo_labels: clusters, outliers, MPLR rescues and the "
+        "adjusted Rand index against the true ids per re-clustering), train_log.txt, curve/.",
+    )
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--experiment", metavar="NAME", help="experiment name in --params")
+    src.add_argument("--config", metavar="FILE", help="a resolved config.yaml to run as is")
+    t.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument(
+        "--cmmt", dest="cmmt_sets", action="append", default=[], metavar="KEY=VALUE",
+        help="CMMT setting, e.g. --cmmt eps=0.5 --cmmt metric=cosine (repeatable)",
+    )  # fmt: skip
+    t.add_argument("--annotations", help="annotation table (default: from data.root)")
+    t.add_argument("--tokens", help="token cache (default: from data.root and the tokenizer)")
+    t.add_argument("--out", required=True, help="output directory")
+    t.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-dvclive", action="store_true")
+    t.set_defaults(func=_train)
+
+
+def cmmt_settings(params: dict | None, sets: list[str]) -> dict:
+    """The ``cmmt:`` section of the params (if any) updated by ``key=value`` items."""
+    from rasa.config import parse_set
+    from rasa.weak.train import CMMTConfig
+
+    raw = dict((params or {}).get("cmmt") or {})
+    for item in sets:
+        key, value = parse_set(item)
+        raw[key] = value
+    CMMTConfig.from_any(raw)  # unknown keys -> ConfigError naming them
+    return raw
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rasa.config import load_config, load_params, resolve_experiment
+    from rasa.weak.train import train_cmmt
+
+    sets = list(args.sets)
+    if args.annotations:
+        sets.append(f"annotations={args.annotations}")
+    if args.tokens:
+        sets.append(f"tokens={args.tokens}")
+    params = None
+    if args.config:
+        cfg = load_config(args.config, sets)
+    else:
+        params = load_params(args.params)
+        cfg = resolve_experiment(params, args.experiment, sets, args.params)
+    metrics = train_cmmt(
+        cfg, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
+        dvclive=not args.no_dvclive, cmmt=cmmt_settings(params, args.cmmt_sets),
+    )  # fmt: skip
+    keys = ("r1", "r5", "r10", "mAP", "mINP")
+    print(json.dumps({k: metrics.get(k) for k in keys} | {"first_stage": metrics["first_stage"]}))
+    return 0
