@@ -217,7 +217,7 @@ def cmmt_losses(model, batch, labels: torch.Tensor, phrase_ids, cc: CMMTConfig, 
         pids, bank, temp, alpha,
     )  # fmt: skip
     out["loss_cl"] = cl.loss
-    iou = batch_iou([phrase_ids[int(k)] for k in batch["caption_index"]]).to(text_feat.device)
+    iou = batch_iou([phrase_ids[int(k)] for k in pair]).to(text_feat.device)
     scale = 1.0 / temp.detach()
     out["loss_cmpm"] = 0.5 * (
         cmpm_textiou_loss(text_feat, image_feat, iou, scale, cc.cmpm_eps)
@@ -269,7 +269,8 @@ def train_cmmt(
         mean=mc.mean, std=mc.std, resize=tc.resize, seed=cfg.seed,
     )  # fmt: skip
     pairs = PairDataset(base)
-    texts = [c for _, _, c in ann.captions("train")]
+    texts = [c for _, _, c in ann.captions("train")]  # pair order: phrase_ids[pair_index]
+    assert len(texts) == len(pairs)
     phrase_ids, _ = phrase_vocabulary([noun_phrases(t) for t in texts])
     n = len(pairs)
     steps_per_epoch = D.steps_per_epoch(n, tc.batch_size)
