@@ -70,7 +70,9 @@ class CMMTConfig:
     """CMMT settings (defaults: SpCL/CMMT clustering values; loss weights 1)."""
 
     recluster_every_epochs: int = 1
-    momentum_features: bool = True
+    momentum_features: bool = (
+        False  # online encoders (the EMA lags far behind when training from scratch)
+    )
     metric: str = "jaccard"  # or "cosine"
     eps: float = 0.6
     min_samples: int = 4
