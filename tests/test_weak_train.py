@@ -122,3 +122,24 @@ def test_cmmt_cli_trains_and_rejects_unknown_settings(data, tmp_path, capsys):
     bad = parser.parse_args([*base, *sets, "--cmmt", "nope=1"])
     with pytest.raises(ConfigError, match="nope"):
         bad.func(bad)
+
+
+@pytest.mark.slow
+def test_cmmt_resume_after_an_epoch_is_bit_identical(data, tmp_path):
+    ann, _, tok = data
+    sets = [*MICRO, "train.max_steps=null", f"annotations={ann}", f"tokens={tok}"]
+    cfg = resolve_experiment(load_params(ROOT / "params.yaml"), "synth-cuhk-tiny-cl", sets)
+    kw = {"device": "cpu", "progress": False, "dvclive": False, "cmmt": CMMT}
+    full = train_cmmt(cfg, tmp_path / "full", **kw)
+
+    def stop_after_epoch_1(step: int) -> None:
+        if step == 3:  # 2 steps per epoch: mid-epoch 2, after the epoch-1 checkpoint
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_cmmt(cfg, tmp_path / "cut", on_step=stop_after_epoch_1, **kw)
+    resumed = train_cmmt(cfg, tmp_path / "cut", resume=True, **kw)
+    s1 = torch.load(tmp_path / "full" / "checkpoint_last.pt", weights_only=False)["model"]
+    s2 = torch.load(tmp_path / "cut" / "checkpoint_last.pt", weights_only=False)["model"]
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    assert full["first_stage"] == resumed["first_stage"]

@@ -25,6 +25,7 @@ as in supervised training). Reuses private helpers of :mod:`rasa.engine.train`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -248,8 +249,12 @@ def train_cmmt(
     progress: bool = True,
     dvclive: bool = True,
     cmmt: CMMTConfig | dict | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``cfg`` with CMMT into ``out``; returns metrics.json (+ "pseudo_labels")."""
+    """Train ``cfg`` with CMMT into ``out``; returns metrics.json (+ "pseudo_labels").
+
+    ``on_step(step)`` is called after every optimizer step (monitoring, tests).
+    """
     from rasa.data.annotations import Annotations
     from rasa.data.dataset import TrainDataset, collate
     from rasa.data.token_cache import load_cache
@@ -348,6 +353,8 @@ def train_cmmt(
             if bar is not None:
                 bar.set_postfix(loss=f"{values['loss']:.3f}")
                 bar.update(1)
+            if on_step is not None:
+                on_step(step)
             if step >= total_steps:
                 break
         if bar is not None:
