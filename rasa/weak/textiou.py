@@ -7,14 +7,15 @@ noun-phrase sets. The paper uses an off-the-shelf parser; nothing may be downloa
 
 * words are the cleaned caption (:func:`rasa.data.text.clean_caption`) split on spaces;
 * a phrase is a maximal run of modifiers (colour words, common appearance adjectives, "and"
-  between two colours) ending in a head noun from a lexicon of garments, accessories, body
-  parts and carried objects; the phrase key is ``"<modifiers> <head>"`` with plural heads
+  between two colours) ending in a head noun from a lexicon of garments, accessories, hair
+  and carried objects (not "head"/"hand"/"arm": they appear in most captions); the phrase key is ``"<modifiers> <head>"`` with plural heads
   singularised (a trailing "s"/"es" dropped when the stem is in the lexicon);
 * a head noun without modifiers is a phrase of its own ("a bag" -> ``"bag"``).
 
 Limits (documented, measured nowhere else): the lexicons are English person-description
-vocabulary, so captions about other domains yield few phrases; synonyms are not merged ("navy"
-vs "dark blue", "trousers" vs "pants"); determiners/adverbs between modifier and noun ("a
+vocabulary, so captions about other domains yield few phrases; only a short list of synonyms is
+merged (``SYNONYMS``: "trousers"/"slacks" -> "pants", "rucksack" -> "backpack", "gray" ->
+"grey", ...), not "navy" vs "dark blue"; determiners/adverbs between modifier and noun ("a
 shirt that is red") split the colour from its noun; compound nouns outside the lexicon are
 missed. A caption without any phrase has an empty set; the IoU of two empty sets is 0, and a
 caption with itself (the diagonal of a batch) is defined as 1.
@@ -51,20 +52,33 @@ HEADS = frozenset(
     "hat cap beanie helmet hood scarf glasses sunglasses mask gloves belt tie watch necklace "
     "bag backpack handbag purse bags suitcase luggage umbrella bottle phone cup box bike "
     "bicycle scooter stroller cart paper papers book folder "
-    "hair ponytail bun beard mustache head face arm arms hand hands leg legs".split()
+    "hair ponytail bun beard mustache "
+    "slacks chinos capris rucksack knapsack satchel tote briefcase pullover jumper blazer "
+    "parka windbreaker raincoat polo trainers flats pumps".split()
 )
+# head synonyms merged into one key (the chunker's only normalisation besides plurals)
+SYNONYMS = {
+    "trousers": "pants", "slacks": "pants", "chinos": "pants", "jean": "jeans",
+    "rucksack": "backpack", "knapsack": "backpack", "trainers": "sneaker", "trainer": "sneaker",
+    "tshirt": "shirt", "tee": "shirt", "sweatshirt": "sweater", "pullover": "sweater",
+    "jumper": "sweater", "handbag": "bag", "purse": "bag", "satchel": "bag", "tote": "bag",
+    "gray": "grey", "colourful": "colorful", "cap": "hat",
+}  # fmt: skip
 CONNECTORS = frozenset({"and", "or", "with"})
 _MODIFIERS = COLOURS | ADJECTIVES
 
 
 def _head(word: str) -> str | None:
     """The lexicon form of ``word`` when it is a head noun (plurals singularised), else None."""
+    head = None
     if word in HEADS:
-        return word[:-1] if word.endswith("s") and word[:-1] in HEADS else word
-    for suffix in ("es", "s"):
-        if word.endswith(suffix) and word[: -len(suffix)] in HEADS:
-            return word[: -len(suffix)]
-    return None
+        head = word[:-1] if word.endswith("s") and word[:-1] in HEADS else word
+    else:
+        for suffix in ("es", "s"):
+            if word.endswith(suffix) and word[: -len(suffix)] in HEADS:
+                head = word[: -len(suffix)]
+                break
+    return None if head is None else SYNONYMS.get(head, head)
 
 
 def noun_phrases(caption: str) -> frozenset[str]:
@@ -80,7 +94,7 @@ def noun_phrases(caption: str) -> frozenset[str]:
             mods.append(word)
             continue
         if head is not None:
-            phrases.add(" ".join([*mods, head]))
+            phrases.add(" ".join([*(SYNONYMS.get(m, m) for m in mods), head]))
             mods = []
             continue
         if word in CONNECTORS and mods and nxt in _MODIFIERS:
