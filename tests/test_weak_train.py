@@ -112,13 +112,20 @@ def test_cmmt_cli_trains_and_rejects_unknown_settings(data, tmp_path, capsys):
             "--no-progress", "--no-dvclive", "--out", str(tmp_path / "run")]  # fmt: skip
     sets = [x for s in MICRO if not s.startswith("train.epochs") for x in ("--set", s)]
     sets += ["--set", "train.epochs=1", "--set", "train.max_steps=1"]
-    cm = [x for k, v in CMMT.items() for x in ("--cmmt", f"{k}={v}")] + ["--cmmt", "metric=cosine"]
+    cm = [x for k, v in CMMT.items() for x in ("--cmmt", f"{k}={v}")] + [
+        "--cmmt",
+        "metric=cosine",
+        "--cmmt",
+        "instance_epochs=1",
+    ]
     args = parser.parse_args([*base, *sets, *cm])
     assert args.func(args) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "first_stage" in printed
     saved = json.loads((tmp_path / "run" / "cmmt_config.json").read_text())
     assert saved["metric"] == "cosine" and saved["min_samples"] == 2
+    # one epoch, all of it instance warm-up: no clustering yet
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["pseudo_labels"] == []
     bad = parser.parse_args([*base, *sets, "--cmmt", "nope=1"])
     with pytest.raises(ConfigError, match="nope"):
         bad.func(bad)

@@ -5,6 +5,8 @@ No identity label is read for training: the data are (image, caption) pairs only
 positives, which would need identities). The loop is the supervised one (same optimiser groups,
 schedule, checkpoints, logs, validation-based selection and metrics.json), with:
 
+0. optionally (``instance_epochs``, for encoders trained from scratch whose first features
+   carry no identity structure) a warm-up where every pair is its own pseudo identity;
 1. intra-modal self-training (§3.1): every ``recluster_every_epochs`` epochs, features of the
    training images and captions (momentum or online encoders, no grad, batched) are clustered
    per modality by DBSCAN over k-reciprocal Jaccard distances (:mod:`rasa.weak.clustering`);
@@ -71,6 +73,7 @@ class CMMTConfig:
     """CMMT settings (defaults: SpCL/CMMT clustering values; loss weights 1)."""
 
     recluster_every_epochs: int = 1
+    instance_epochs: int = 0  # first epochs without clustering: each pair its own identity
     momentum_features: bool = (
         False  # online encoders (the EMA lags far behind when training from scratch)
     )
@@ -317,7 +320,11 @@ def train_cmmt(
         )  # fmt: skip
 
     while epoch < tc.epochs and step < total_steps:
-        if labels is None or (step_in_epoch == 0 and epoch % cc.recluster_every_epochs == 0):
+        if epoch < cc.instance_epochs:  # warm-up: every pair its own pseudo identity
+            labels = torch.arange(n, device=dev)
+        elif labels is None or (
+            step_in_epoch == 0 and (epoch - cc.instance_epochs) % cc.recluster_every_epochs == 0
+        ):
             t0 = time.time()
             img_f, txt_f, pair_image = extract_features(model, ann, cfg, cache, pairs, cc, dev)
             lab, stats = pseudo_labels(img_f, txt_f, pair_image, cc)
