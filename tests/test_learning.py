@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 IDS, TEST_FRACTION, VAL_FRACTION = 400, 0.3, 0.1
 RECIPE = [
     "variant=cl", "model.image_size=[64, 32]", "model.queue_size=256", "train.lr=1e-3",
-    "train.lr_new=1e-3", "loss.alpha=0", "train.batch_size=32", "train.epochs=12",
-    "train.eval_every_epochs=3", "train.num_workers=0", "train.ckpt_every_steps=0",
+    "train.lr_new=1e-3", "loss.alpha=0", "train.batch_size=64", "train.epochs=30",
+    "train.eval_every_epochs=10", "train.num_workers=0", "train.ckpt_every_steps=0",
     "eval.k_test=16",
 ]  # fmt: skip
 
@@ -72,8 +72,9 @@ def test_tiny_learns_above_chance_on_unseen_identities(tmp_path):
     first, reranked = metrics["first_stage"]["r1"], metrics["r1"]
     print(f"chance R@1 {chance:.2f}%, first stage R@1 {first:.2f}%, re-ranked R@1 "
           f"{reranked:.2f}%, wall {time.time() - t0:.0f} s")  # fmt: skip
-    # Measured (2 CPU cores, ~4 min): chance 0.91 %, first stage 4.50 %, re-ranked 2.59 %.
-    # 10x chance needs longer training than this test affords; 4x is what it guarantees.
-    assert first >= 4 * chance
+    # Measured (690 steps; ~3-4 min on 2 free CPU cores, 14 min on a loaded machine): chance
+    # 0.91 %, first stage 10.9 % (12x), re-ranked by the ITM head (untrained in `cl`) 6.0 %.
+    # Half as long (552 steps at batch 32): first stage 4.5 % (5x) - it is still learning.
+    assert first >= 10 * chance
     curve = [v["first_stage_r1"] for v in metrics["val_curve"]]
-    assert curve[-1] > curve[0]  # still learning at the end (val R@1 6.7 -> 11.8 %)
+    assert curve[-1] > curve[0]  # still learning (val R@1 11.4 -> 18.9 -> 22.0 %)
