@@ -27,7 +27,7 @@ MICRO = [
     "model.text_intermediate=64", "model.num_layers=2", "model.fusion_layer=1",
     "model.embed_dim=32", "model.queue_size=16", "model.max_position_embeddings=64",
     "train.batch_size=16", "train.epochs=2", "train.num_workers=0", "train.log_every_steps=1",
-    "train.ckpt_every_steps=0", "train.max_steps=4", "eval.k_test=4",
+    "train.ckpt_every_steps=0", "train.max_steps=4", "eval.k_test=4", "loss.alpha=0.4",
 ]  # fmt: skip
 CMMT = {"min_samples": 2, "k1": 4, "k2": 2, "eps": 0.7, "feature_batch_size": 16}
 

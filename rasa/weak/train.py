@@ -51,6 +51,7 @@ from rasa.engine.train import (  # noqa: PLC2701 - private helpers reused on pur
     _final_report,
     _flat,
     _progress,
+    alpha_at,
     build_model,
     carve_validation,
     evaluate_split,
@@ -345,9 +346,9 @@ def train_cmmt(
             factor = lr_factor(step, total_steps, warmup_steps, tc.min_lr_ratio)
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * factor
-            losses = cmmt_losses(
-                model, move_to(batch, dev), labels, phrase_ids, cc, loss_cfg, loss_cfg.alpha
-            )
+            alpha = alpha_at(loss_cfg.alpha, tc.alpha_warmup, epoch, step_in_epoch, steps_per_epoch)
+            batch = move_to(batch, dev)
+            losses = cmmt_losses(model, batch, labels, phrase_ids, cc, loss_cfg, alpha)
             losses["loss"].backward()
             if tc.clip_grad:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad)
