@@ -104,4 +104,5 @@ def test_two_gloo_processes_match_one_process_with_accumulation(tmp_path):
 
     print(f"2-proc vs accumulation: {dist(a, b):.4g}; vs half batch: {dist(a, c):.4g}")
     assert dist(a, b) > 0
-    assert dist(a, b) < 0.5 * dist(a, c), (dist(a, b), dist(a, c))
+    # measured: 0.106 vs 0.225 (the queue effect only; unsynchronised gradients give ~1x)
+    assert dist(a, b) < 0.75 * dist(a, c), (dist(a, b), dist(a, c))
