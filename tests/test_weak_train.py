@@ -150,3 +150,20 @@ def test_cmmt_resume_after_an_epoch_is_bit_identical(data, tmp_path):
     s2 = torch.load(tmp_path / "cut" / "checkpoint_last.pt", weights_only=False)["model"]
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert full["first_stage"] == resumed["first_stage"]
+
+
+@pytest.mark.slow
+def test_control_supervised_training_does_see_the_shuffled_ids(data, tmp_path):
+    """The perturbation of the no-identity test is visible to a method that reads ids."""
+    from rasa.engine.train import train
+
+    ann, shuffled, tok = data
+    states = []
+    for path, name in ((ann, "a"), (shuffled, "b")):
+        sets = [*MICRO, f"annotations={path}", f"tokens={tok}"]
+        cfg = resolve_experiment(load_params(ROOT / "params.yaml"), "synth-cuhk-tiny-cl", sets)
+        train(cfg, tmp_path / name, device="cpu", progress=False, dvclive=False)
+        states.append(torch.load(tmp_path / name / "checkpoint_last.pt", weights_only=False))
+    assert not all(
+        torch.equal(states[0]["model"][k], states[1]["model"][k]) for k in states[0]["model"]
+    )
