@@ -224,7 +224,7 @@ def cmmt_losses(model, batch, labels: torch.Tensor, phrase_ids, cc: CMMTConfig, 
         pids, bank, temp, alpha,
     )  # fmt: skip
     out["loss_cl"] = cl.loss
-    iou = batch_iou([phrase_ids[int(k)] for k in pair]).to(text_feat.device)
+    iou = batch_iou([phrase_ids[k] for k in pair.tolist()]).to(text_feat.device)
     scale = 1.0 / temp.detach()
     out["loss_cmpm"] = 0.5 * (
         cmpm_textiou_loss(text_feat, image_feat, iou, scale, cc.cmpm_eps)
