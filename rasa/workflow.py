@@ -206,7 +206,8 @@ def grid_text(params_path: str | Path = "params.yaml") -> str:
         f"{plan.suite!r}); do not edit.\n# dvc.yaml iterates over these; a test keeps it in "
         "sync with params.yaml and the Snakefile.\n"
     )
-    return header + yaml.safe_dump(dvc_grid(plan), sort_keys=True, width=100)
+    # One top-level key: DVC also loads params.yaml's keys as variables, which must not clash.
+    return header + yaml.safe_dump({"grid": dvc_grid(plan)}, sort_keys=True, width=100)
 
 
 # ---- CLI ---------------------------------------------------------------------------------
