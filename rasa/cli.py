@@ -23,6 +23,7 @@ from rasa.errors import RasaError
 COMMAND_MODULES = (
     "rasa.data.cli",
     "rasa.engine.cli",
+    "rasa.weak.cli",
     "rasa.report.cli",
     "rasa.workflow",
 )

@@ -101,8 +101,11 @@ def test_cmmt_uses_no_identity_label(data, tmp_path):
 def test_cmmt_cli_trains_and_rejects_unknown_settings(data, tmp_path, capsys):
     import argparse
 
+    from rasa.cli import COMMAND_MODULES
     from rasa.errors import ConfigError
     from rasa.weak import cli
+
+    assert "rasa.weak.cli" in COMMAND_MODULES  # `rasa cmmt train`
 
     ann, _, tok = data
     parser = argparse.ArgumentParser()
