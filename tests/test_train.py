@@ -27,7 +27,8 @@ MICRO = [
     "model.vision_mlp_dim=64", "model.text_width=32", "model.text_heads=2",
     "model.text_intermediate=64", "model.num_layers=2", "model.fusion_layer=1",
     "model.embed_dim=32", "model.queue_size=64", "model.max_position_embeddings=64",
-    "train.batch_size=16", "train.epochs=2", "train.num_workers=0", "train.log_every_steps=2",
+    "train.batch_size=16", "train.epochs=2", "train.eval_every_epochs=1", "train.num_workers=0",
+    "train.log_every_steps=2",
     "train.ckpt_every_steps=0", "eval.k_test=8", "loss.alpha=0.4",
 ]  # fmt: skip
 

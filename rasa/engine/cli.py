@@ -53,7 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--out", required=True, help="metrics JSON to write")
     p.add_argument("--topk-out", help="also write per-query top-k results here")
-    p.add_argument("--k-test", type=int, default=128, help="candidates re-ranked (default 128)")
+    p.add_argument("--k-test", type=int, default=None,
+                   help="candidates re-ranked (default: the run's eval.k_test; 0 = no "
+                   "re-ranking, the default for variants without ITM)")  # fmt: skip
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_evaluate)
 

@@ -182,12 +182,15 @@ def evaluate_model(
     sims = similarity(text_feats, image_feats, dev)
     _sync(dev)
     t1 = time.perf_counter()
-    result = rerank_logits(
-        model, text_tokens, queries.mask, sims, image_tokens, k,
-        pair_batch=pair_batch, image_block=image_block, share_min=share_min,
-        autocast_dtype=amp, progress=progress,
-    )  # fmt: skip
-    scores = compose_scores(sims, result, layout)
+    if k > 0:
+        result = rerank_logits(
+            model, text_tokens, queries.mask, sims, image_tokens, k,
+            pair_batch=pair_batch, image_block=image_block, share_min=share_min,
+            autocast_dtype=amp, progress=progress,
+        )  # fmt: skip
+        scores = compose_scores(sims, result, layout)
+    else:  # no re-ranking (a variant that never trained its ITM head): the first stage
+        scores = sims
     t2 = time.perf_counter()
     metric_device = dev if dev.type == "cuda" else None
     first = retrieval_metrics(sims, queries.pids, gallery.pids, device=metric_device)
@@ -199,9 +202,9 @@ def evaluate_model(
         "rerank_s": t2 - t1,
         "rerank_ms_per_query": 1000 * (t2 - t1) / max(1, len(queries)),
     }
-    metrics["k"] = min(k, len(gallery))
+    metrics["k"] = max(0, min(k, len(gallery)))
     metrics["layout"] = layout
-    if i2t if i2t is not None else annotations.dataset.lower() in BOTH_DIRECTIONS:
+    if (i2t if i2t is not None else annotations.dataset.lower() in BOTH_DIRECTIONS) and k > 0:
         scores_i2t = rerank_topk(
             model, text_tokens, queries.mask, sims, image_tokens, k, layout=layout,
             direction="i2t", pair_batch=pair_batch, image_block=image_block,
@@ -212,6 +215,19 @@ def evaluate_model(
         metrics["i2t"] = dict(final, first_stage={key: first[key] for key in METRIC_KEYS})
     topk = topk_records(annotations, annotations_path, split, queries, gallery, scores)
     return metrics, topk
+
+
+def rerank_k(variant: str | None, k_test: int) -> int:
+    """How many candidates to re-rank by ITM: ``k_test``, or 0 when ``variant`` has no ITM loss.
+
+    Re-ranking by an ITM head that was never trained (``cl``, CMMT) would only scramble the
+    first stage's order, so such runs report the unimodal ranking.
+    """
+    if variant is None:
+        return k_test
+    from rasa.variants import get_variant
+
+    return k_test if get_variant(variant).itm is not None else 0
 
 
 def topk_records(
@@ -289,7 +305,7 @@ def evaluate_checkpoint(
     split: str,
     out: str | Path,
     topk_out: str | Path | None = None,
-    k: int = 128,
+    k: int | None = None,
     batch_size: int = 64,
     device: str | torch.device | None = None,
     dtype: str = "fp32",
@@ -304,10 +320,13 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Load ``checkpoint``, evaluate it on ``split`` and write the metrics JSON (and topk.json).
 
-    ``resize`` defaults to the run's training setting ("stretch" for official checkpoints).
-    Returns the metrics dict as written.
+    ``resize`` defaults to the run's training setting ("stretch" for official checkpoints);
+    ``k`` to the run's ``eval.k_test`` (128 without one), and to 0 — no re-ranking — for a
+    variant that never trained its ITM head (:func:`rerank_k`). Returns the metrics as written.
     """
     model, config = load_model_for_eval(checkpoint)
+    if k is None:
+        k = rerank_k(config.get("variant"), (config.get("eval") or {}).get("k_test", 128))
     if resize is None:
         resize = config.get("resize") or (config.get("train") or {}).get("resize") or "pad"
     ann = Annotations.load(annotations)

@@ -402,7 +402,7 @@ def evaluate_split(model, ann, cfg: ExperimentConfig, cache, split: str) -> dict
 
     Evaluation timings go to ``metrics["timing"]``; everything else is deterministic.
     """
-    from rasa.engine.evaluate import evaluate_model
+    from rasa.engine.evaluate import evaluate_model, rerank_k
 
     inner = unwrap(model)
     was_training = inner.training
@@ -411,7 +411,7 @@ def evaluate_split(model, ann, cfg: ExperimentConfig, cache, split: str) -> dict
     dtype = "bf16" if cfg.train.bf16 and dev.type == "cuda" else "fp32"
     with torch.no_grad():
         metrics, _ = evaluate_model(
-            inner, ann, cfg.annotations, cache, split, k=cfg.eval.k_test,
+            inner, ann, cfg.annotations, cache, split, k=rerank_k(cfg.variant, cfg.eval.k_test),
             batch_size=cfg.eval.batch_size, device=dev, dtype=dtype, resize=cfg.train.resize,
             progress=False,
         )  # fmt: skip

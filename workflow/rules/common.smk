@@ -5,7 +5,6 @@ import sys
 
 from snakemake.utils import validate
 
-from rasa.config import resolve_experiment
 from rasa.workflow import make_plan
 
 validate(config, "../schemas/params.schema.yaml")
@@ -38,6 +37,3 @@ def run_resources(wildcards, key):
     exp = config["experiments"][wildcards.experiment]
     return step_resources("train", exp["backbone"])[key]
 
-
-def experiment(wildcards):
-    return resolve_experiment(config, wildcards.experiment, source=PARAMS)

@@ -53,8 +53,7 @@ rule evaluate:
         cli=RASA,
         params_file=PARAMS,
         checkpoint="checkpoints/{experiment}/checkpoint_best.pt",
-        k=lambda w: experiment(w).eval.k_test,
     shell:
         "{params.cli} evaluate --checkpoint {params.checkpoint} --annotations {input.annotations} "
-        "--tokens {input.tokens} --split test --k-test {params.k} "
+        "--tokens {input.tokens} --split test "
         "--out {output.metrics} --topk-out {output.topk} > {log} 2>&1"
