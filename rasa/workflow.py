@@ -16,7 +16,8 @@ Paths (DESIGN.md, "Workflow and versioning"):
   ``metrics.json`` there is written last, so it marks a finished run
 - ``results/metrics/{experiment}.json`` and ``results/topk/{experiment}.json``: test metrics of
   the checkpoint selected on validation, and per-query top-10 (``rasa evaluate``)
-- ``results/tables/``, ``results/figures/``, ``results/README.md``: ``rasa report``
+- ``results/{suite}/``: ``rasa report`` of the suite (README.md index, tables/, figures/,
+  comparison.csv)
 """
 
 from __future__ import annotations
@@ -110,13 +111,19 @@ class Plan:
         return {r.tokens: (r.dataset, r.tokenizer) for r in self.runs.values()}
 
     @property
+    def report_dir(self) -> str:
+        """One report per suite, so that one suite's report never stands in for another's."""
+        return f"{RESULTS}/{self.suite}"
+
+    @property
     def report(self) -> str:
-        return f"{RESULTS}/README.md"
+        return f"{self.report_dir}/README.md"
 
     @property
     def report_outputs(self) -> list[str]:
         """What `rasa report` writes: the index, the comparison CSV, tables/ and figures/."""
-        return [self.report, f"{RESULTS}/comparison.csv", f"{RESULTS}/tables", f"{RESULTS}/figures"]
+        d = self.report_dir
+        return [self.report, f"{d}/comparison.csv", f"{d}/tables", f"{d}/figures"]
 
     @property
     def report_annotations(self) -> str:
@@ -194,6 +201,11 @@ def dvc_grid(plan: Plan) -> dict[str, Any]:
         "tokenize": tokens,
         "runs": runs,
         "report_annotations": plan.report_annotations,
+        "report_dir": plan.report_dir,
+        # one string: DVC cannot interpolate a list into a command
+        "report_inputs": " ".join(
+            f for _, r in sorted(plan.runs.items()) for f in (r.metrics, r.topk)
+        ),
     }
 
 

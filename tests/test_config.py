@@ -43,7 +43,7 @@ def test_resolution_order_defaults_backbone_overrides_set(params):
     assert cfg.train.batch_size == 32  # backbone tiny
     assert cfg.loss["lambda_cl"] == 0.25  # experiment override
     assert cfg.train.epochs == 7  # --set wins
-    assert cfg.model == {"queue_size": 64}
+    assert cfg.model == {**params["backbones"]["tiny"]["model"], "queue_size": 64}  # --set
     assert cfg.tokens == "data/synth-cuhk/tokens-wordpiece-2000.npz"
 
 

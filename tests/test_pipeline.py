@@ -8,7 +8,8 @@
   re-runs only what depends on it; ``dvc metrics diff`` / ``dvc params diff`` show it;
   ``dvc exp run -S`` works; ``dvc push``/``pull`` restores a deleted checkpoint.
 
-Each project is a copy of the repository's tracked files (tests excluded) whose params.yaml
+Each project is a copy of the repository's tracked files (tests and the committed results
+excluded) whose params.yaml
 gets a suite ``ci``: SynthPEDES-CUHK with 12 identities, `cl` and `m-rtd`, a few steps each.
 """
 
@@ -50,7 +51,7 @@ def make_project(dest: Path) -> Path:
         ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
     for f in files:
-        if f.startswith("tests/") or not (REPO / f).exists():
+        if f.startswith(("tests/", "results/")) or not (REPO / f).exists():
             continue
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / f, dest / f)

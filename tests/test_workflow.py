@@ -72,7 +72,7 @@ def test_every_synthetic_suite_builds_a_dag(suite):
 
 
 def test_paper_suite_without_data_says_where_to_put_it():
-    proc = _snakemake("-n", "--cores", "1", "--config", "suite=paper")
+    proc = _snakemake("-n", "--forceall", "--cores", "1", "--config", "suite=paper")
     assert proc.returncode != 0
     assert "not found. Real datasets are given on request" in proc.stdout + proc.stderr
 
@@ -90,12 +90,12 @@ def test_bad_params_value_names_its_key(tmp_path):
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     params["train"]["epochs"] = "many"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = _snakemake("-n", "--cores", "1", cwd=tmp_path)
+    proc = _snakemake("-n", "--forceall", "--cores", "1", cwd=tmp_path)
     assert proc.returncode != 0
     assert "epochs" in proc.stdout + proc.stderr
 
 
 def test_unknown_suite_is_a_clear_error():
-    proc = _snakemake("-n", "--cores", "1", "--config", "suite=nope")
+    proc = _snakemake("-n", "--forceall", "--cores", "1", "--config", "suite=nope")
     assert proc.returncode != 0
     assert "suite 'nope' is not defined" in proc.stdout + proc.stderr

@@ -270,24 +270,35 @@ def build_report(
             continue
         report.outputs += paths
         index.append(f"- Fig. 5 ({label}): [`figures/{stem}.png`](figures/{stem}.png)")
-    if len(topk_files) > 1:  # as in the paper: one row per model on the same queries
+    # As in the paper: one row per model on the same queries, for runs on the same data.
+    groups: dict[tuple[str, str], list[tuple[str, dict]]] = {}
+    for label, path in topk_files:
         try:
-            docs = [(label, figures.load_topk(path)) for label, path in topk_files]
+            doc = figures.load_topk(path)
+        except DataError:
+            continue  # already noted above
+        groups.setdefault((str(doc.get("image_root")), str(doc.get("split"))), []).append(
+            (label, doc)
+        )
+    for n, docs in enumerate(g for g in groups.values() if len(g) > 1):
+        stem = "fig5-compare" + (f"-{n + 1}" if n else "")
+        shared = set.intersection(
+            *({q.get("caption_index", i) for i, q in enumerate(d["queries"])} for _, d in docs)
+        )
+        chosen = [c for c in (q.get("caption_index") for q in docs[0][1]["queries"]) if c in shared]
+        labels = ", ".join(label for label, _ in docs)
+        if not chosen:
+            report.notes.append(f"Fig. 5 comparison of {labels} skipped: no shared query")
+            continue
+        try:
             roots = [figures.resolve_image_root(doc, annotations) for _, doc in docs]
-            shared = set.intersection(
-                *({q.get("caption_index", i) for i, q in enumerate(d["queries"])} for _, d in docs)
-            )
-            chosen = [
-                c for c in (q.get("caption_index") for q in docs[0][1]["queries"]) if c in shared
-            ]
-            paths = figures.plot_fig5(docs, fig_dir / "fig5-compare", roots,
-                                      queries=chosen[:n_queries])  # fmt: skip
-            report.outputs += paths
-            labels = ", ".join(label for label, _ in docs)
-            index.append(f"- Fig. 5 ({labels}, row by row): [`figures/fig5-compare.png`]"
-                         "(figures/fig5-compare.png)")  # fmt: skip
+            paths = figures.plot_fig5(docs, fig_dir / stem, roots, queries=chosen[:n_queries])
         except DataError as exc:
-            report.notes.append(f"Fig. 5 comparison skipped: {exc}")
+            report.notes.append(f"Fig. 5 comparison of {labels} skipped: {exc}")
+            continue
+        report.outputs += paths
+        index.append(f"- Fig. 5 ({labels}, row by row): [`figures/{stem}.png`]"
+                     f"(figures/{stem}.png)")  # fmt: skip
     if not topk_files:
         index.append("- Fig. 5: no top-k file among the results.")
     for run in runs:

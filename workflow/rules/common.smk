@@ -1,6 +1,7 @@
 # Shared by every rule: validate params.yaml, expand the suite into a plan (rasa.workflow),
 # and helpers for resources. Rules call the `rasa` CLI of the Python running Snakemake, by
 # absolute path, so cluster jobs use the same environment (it must be on a shared filesystem).
+import os
 import sys
 
 from snakemake.utils import validate

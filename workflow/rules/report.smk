@@ -1,4 +1,4 @@
-# Report: LaTeX tables beside the paper's numbers, figures, and results/README.md.
+# Report: LaTeX tables beside the paper's numbers, figures and an index, in results/<suite>/.
 
 
 rule report:
@@ -7,10 +7,10 @@ rule report:
         topk=[r.topk for r in PLAN.runs.values()],
         annotations=PLAN.report_annotations,
     output:
-        index="results/README.md",
-        comparison="results/comparison.csv",
-        tables=directory("results/tables"),
-        figures=directory("results/figures"),
+        index=PLAN.report,
+        comparison=f"{PLAN.report_dir}/comparison.csv",
+        tables=directory(f"{PLAN.report_dir}/tables"),
+        figures=directory(f"{PLAN.report_dir}/figures"),
     log:
         "logs/report.log",
     conda:
@@ -19,7 +19,8 @@ rule report:
         cli=RASA,
         params_file=PARAMS,
         suite=PLAN.suite,
+        out=lambda w, output: os.path.dirname(output.index),
     shell:
-        "{params.cli} report --results results/metrics results/topk --out results "
+        "{params.cli} report --results {input.metrics} {input.topk} --out {params.out} "
         "--params {params.params_file} --suite {params.suite} --annotations {input.annotations} "
         "> {log} 2>&1"
