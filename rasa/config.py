@@ -82,6 +82,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: dict[str, Any] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    method: str = "rasa"  # "cmmt": weakly supervised (rasa.weak), no identity labels
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -238,6 +239,7 @@ def resolve_experiment(
         "backbone": exp["backbone"],
         "variant": exp["variant"],
         "seed": exp["seed"],
+        "method": exp.get("method", "rasa"),
         "model": copy.deepcopy(backbone.get("model", {})),
         "train": {**params["train"], **backbone.get("train", {})},
         "loss": {**params["loss"], **backbone.get("loss", {})},

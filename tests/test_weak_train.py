@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from rasa.config import load_params, resolve_experiment
 from rasa.weak.train import train_cmmt
@@ -132,6 +133,27 @@ def test_cmmt_cli_trains_and_rejects_unknown_settings(data, tmp_path, capsys):
     bad = parser.parse_args([*base, *sets, "--cmmt", "nope=1"])
     with pytest.raises(ConfigError, match="nope"):
         bad.func(bad)
+
+
+def test_rasa_train_runs_a_method_cmmt_experiment(data, tmp_path, capsys):
+    """`method: cmmt` in params.yaml makes `rasa train` (hence Snakemake and DVC) run CMMT."""
+    from rasa.cli import main
+
+    ann, _, tok = data
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert params["experiments"]["synth-cuhk-tiny-cmmt"]["method"] == "cmmt"
+    params["cmmt"] = dict(CMMT, metric="cosine", instance_epochs=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    sets = [x for s in MICRO if not s.startswith("train.epochs") for x in ("--set", s)]
+    argv = ["train", "--experiment", "synth-cuhk-tiny-cmmt", "--params",
+            str(tmp_path / "params.yaml"), "--annotations", str(ann), "--tokens", str(tok),
+            "--no-progress", "--no-dvclive", "--out", str(tmp_path / "run"),
+            *sets, "--set", "train.epochs=1", "--set", "train.max_steps=1"]  # fmt: skip
+    assert main(argv) == 0
+    saved = json.loads((tmp_path / "run" / "cmmt_config.json").read_text())
+    assert saved["metric"] == "cosine"  # the params file's `cmmt:` section was used
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["meta"]["method"] == "cmmt" and "pseudo_labels" in metrics
 
 
 @pytest.mark.slow

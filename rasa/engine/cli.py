@@ -90,15 +90,27 @@ def _train(args: argparse.Namespace) -> int:
         sets.append(f"annotations={args.annotations}")
     if args.tokens:
         sets.append(f"tokens={args.tokens}")
+    params = None
     if args.config:
         cfg = load_config(args.config, sets)
     else:
-        cfg = resolve_experiment(load_params(args.params), args.experiment, sets, args.params)
+        params = load_params(args.params)
+        cfg = resolve_experiment(params, args.experiment, sets, args.params)
     try:
-        metrics = train(
-            cfg, args.out, device=args.device, resume=args.resume,
-            progress=not args.no_progress, dvclive=not args.no_dvclive,
-        )  # fmt: skip
+        if cfg.method == "cmmt":  # weakly supervised: rasa.weak, settings from params `cmmt:`
+            from rasa.weak.cli import cmmt_settings
+            from rasa.weak.train import train_cmmt
+
+            metrics = train_cmmt(
+                cfg, args.out, device=args.device, resume=args.resume,
+                progress=not args.no_progress, dvclive=not args.no_dvclive,
+                cmmt=cmmt_settings(params, []),
+            )  # fmt: skip
+        else:
+            metrics = train(
+                cfg, args.out, device=args.device, resume=args.resume,
+                progress=not args.no_progress, dvclive=not args.no_dvclive,
+            )  # fmt: skip
     except Preempted as exc:
         print(f"{exc}; checkpoint saved, exit {EX_TEMPFAIL} (requeue and run with --resume)")
         return EX_TEMPFAIL
