@@ -95,8 +95,8 @@ def test_local_snakemake_run_builds_the_suite(local_run):
         assert (local_run / "checkpoints" / name / "checkpoint_best.pt").is_file()
         assert (local_run / "results" / "topk" / f"{name}.json").is_file()
     assert set(metrics(local_run)) == set(EXPERIMENTS)
-    assert (local_run / "results" / "README.md").is_file()
-    assert list((local_run / "results" / "tables").glob("table4*.tex"))
+    assert (local_run / "results" / "ci" / "README.md").is_file()  # the suite's report
+    assert list((local_run / "results" / "ci" / "tables").glob("table4*.tex"))
     # a second run has nothing to do
     proc = run([str(BIN / "snakemake"), "--profile", "workflow/profiles/local", "-n"], local_run)
     assert "Nothing to be done" in proc.stdout + proc.stderr
