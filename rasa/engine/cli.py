@@ -81,21 +81,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=_bench_evaluate)
 
 
-def _train(args: argparse.Namespace) -> int:
+def resolve_run(args: argparse.Namespace):
+    """The experiment config of a train command (``--config`` or ``--experiment`` + ``--set``,
+    ``--annotations``, ``--tokens``) and the params it came from (None for ``--config``)."""
     from rasa.config import load_config, load_params, resolve_experiment
-    from rasa.engine.train import EX_TEMPFAIL, Preempted, train
 
     sets = list(args.sets)
     if args.annotations:
         sets.append(f"annotations={args.annotations}")
     if args.tokens:
         sets.append(f"tokens={args.tokens}")
-    params = None
     if args.config:
-        cfg = load_config(args.config, sets)
-    else:
-        params = load_params(args.params)
-        cfg = resolve_experiment(params, args.experiment, sets, args.params)
+        return load_config(args.config, sets), None
+    params = load_params(args.params)
+    return resolve_experiment(params, args.experiment, sets, args.params), params
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rasa.engine.train import EX_TEMPFAIL, Preempted, train
+
+    cfg, params = resolve_run(args)
     try:
         if cfg.method == "cmmt":  # weakly supervised: rasa.weak, settings from params `cmmt:`
             from rasa.weak.cli import cmmt_settings

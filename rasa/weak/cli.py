@@ -56,20 +56,10 @@ def cmmt_settings(params: dict | None, sets: list[str]) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rasa.config import load_config, load_params, resolve_experiment
+    from rasa.engine.cli import resolve_run
     from rasa.weak.train import train_cmmt
 
-    sets = list(args.sets)
-    if args.annotations:
-        sets.append(f"annotations={args.annotations}")
-    if args.tokens:
-        sets.append(f"tokens={args.tokens}")
-    params = None
-    if args.config:
-        cfg = load_config(args.config, sets)
-    else:
-        params = load_params(args.params)
-        cfg = resolve_experiment(params, args.experiment, sets, args.params)
+    cfg, params = resolve_run(args)
     metrics = train_cmmt(
         cfg, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
         dvclive=not args.no_dvclive, cmmt=cmmt_settings(params, args.cmmt_sets),
