@@ -22,23 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "parsed and tokenized (`rasa data`). Under torchrun it runs DDP. SIGTERM/SIGUSR1 "
         "save a checkpoint and exit with 75; --resume continues exactly.",
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--experiment", metavar="NAME", help="experiment name in --params")
-    src.add_argument("--config", metavar="FILE", help="a resolved config.yaml to run as is")
-    p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
-    p.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-        help="override a value, e.g. --set train.lr=1e-4 (repeatable; YAML values)",
-    )  # fmt: skip
-    p.add_argument("--annotations", help="annotation table (default: from data.root)")
-    p.add_argument("--tokens", help="token cache (default: from data.root and the tokenizer)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    p.add_argument(
-        "--no-dvclive", action="store_true", help="write curves as CSV/JSONL instead of dvclive"
-    )
+    add_run_arguments(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
@@ -79,6 +63,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--k-test", type=int, default=32)
     b.add_argument("--device", default="auto")
     b.set_defaults(func=_bench_evaluate)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of a training command (`rasa train`, `rasa cmmt train`); see resolve_run."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--experiment", metavar="NAME", help="experiment name in --params")
+    src.add_argument("--config", metavar="FILE", help="a resolved config.yaml to run as is")
+    p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    p.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="override a value, e.g. --set train.lr=1e-4 (repeatable; YAML values)",
+    )  # fmt: skip
+    p.add_argument("--annotations", help="annotation table (default: from data.root)")
+    p.add_argument("--tokens", help="token cache (default: from data.root and the tokenizer)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument(
+        "--no-dvclive", action="store_true", help="write curves as CSV/JSONL instead of dvclive"
+    )
 
 
 def resolve_run(args: argparse.Namespace):

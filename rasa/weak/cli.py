@@ -23,22 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "schema as `rasa train` + pseudo_labels: clusters, outliers, MPLR rescues and the "
         "adjusted Rand index against the true ids per re-clustering), train_log.txt, curve/.",
     )
-    src = t.add_mutually_exclusive_group(required=True)
-    src.add_argument("--experiment", metavar="NAME", help="experiment name in --params")
-    src.add_argument("--config", metavar="FILE", help="a resolved config.yaml to run as is")
-    t.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
-    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    from rasa.engine.cli import add_run_arguments
+
+    add_run_arguments(t)
     t.add_argument(
         "--cmmt", dest="cmmt_sets", action="append", default=[], metavar="KEY=VALUE",
         help="CMMT setting, e.g. --cmmt eps=0.5 --cmmt metric=cosine (repeatable)",
     )  # fmt: skip
-    t.add_argument("--annotations", help="annotation table (default: from data.root)")
-    t.add_argument("--tokens", help="token cache (default: from data.root and the tokenizer)")
-    t.add_argument("--out", required=True, help="output directory")
-    t.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
-    t.add_argument("--no-progress", action="store_true")
-    t.add_argument("--no-dvclive", action="store_true")
     t.set_defaults(func=_train)
 
 
