@@ -99,3 +99,14 @@ def test_unknown_suite_is_a_clear_error():
     proc = _snakemake("-n", "--forceall", "--cores", "1", "--config", "suite=nope")
     assert proc.returncode != 0
     assert "suite 'nope' is not defined" in proc.stdout + proc.stderr
+
+
+def test_job_resources_come_from_params():
+    params = load_params(REPO / "params.yaml")
+    proc = _snakemake("-n", "--forceall", "--cores", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    blocks = (proc.stdout + proc.stderr).split("\nrule ")
+    train = next(b for b in blocks if b.startswith("train:"))
+    res = params["resources"]["train"] | params["backbones"]["tiny"].get("resources", {})
+    assert f"runtime={res['runtime']}" in train and f"mem_mb={res['mem_mb']}" in train
+    assert f"gpu={res['gpus']}" in train
