@@ -34,7 +34,6 @@ from rasa.io import write_text
 CHECKPOINTS = "checkpoints"
 RESULTS = "results"
 GRID_FILE = Path("workflow") / "dvc_grid.yaml"
-TRAIN_DONE = "metrics.json"  # written last by `rasa train`
 
 
 @dataclass(frozen=True)
@@ -85,10 +84,6 @@ class Run:
     @property
     def train_dir(self) -> str:
         return f"{CHECKPOINTS}/{self.experiment}"
-
-    @property
-    def train_done(self) -> str:
-        return f"{self.train_dir}/{TRAIN_DONE}"
 
     @property
     def metrics(self) -> str:
