@@ -31,6 +31,14 @@ from rasa.io import write_text
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
 SET_ROOTS = ("train", "loss", "eval", "model")
 SET_TOP = ("dataset", "backbone", "variant", "seed", "tokenizer", "annotations", "tokens")
+# Fig. 4's hyper-parameters (an experiment's ``sweep``) -> the loss key each one names
+SWEEP_LOSS_KEYS = {
+    "p_w": "p_weak",
+    "p_m": "p_mask_rtd",
+    "lambda1": "lambda_prd",
+    "lambda2": "lambda_rtd",
+    "lambda3": "lambda_cl",
+}
 
 
 @dataclass
@@ -83,6 +91,8 @@ class ExperimentConfig:
     loss: dict[str, Any] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
     method: str = "rasa"  # "cmmt": weakly supervised (rasa.weak), no identity labels
+    # a Fig. 4 point: {"param": "p_w", "value": <the resolved loss value>}, else None
+    sweep: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -265,6 +275,9 @@ def resolve_experiment(
     doc["annotations"] = explicit.get("annotations", ann)
     doc["tokens"] = explicit.get("tokens", tok)
     doc = _fix_floats(doc)
+    if exp.get("sweep"):
+        param = exp["sweep"]
+        doc["sweep"] = {"param": param, "value": doc["loss"][SWEEP_LOSS_KEYS[param]]}
     cfg = ExperimentConfig.from_dict(doc, f"experiment {name!r} of {source} (after overrides)")
     check_loss_fields(cfg.loss, f"experiment {name!r}")
     return cfg

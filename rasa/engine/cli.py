@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--out", required=True, help="metrics JSON to write")
     p.add_argument("--topk-out", help="also write per-query top-k results here")
+    p.add_argument(
+        "--dataset", metavar="NAME",
+        help="name of the evaluated dataset when it is not the training one (Table 7: the "
+        "metrics' meta then names it and the training set as source_dataset)",
+    )  # fmt: skip
     p.add_argument("--k-test", type=int, default=None,
                    help="candidates re-ranked (default: the run's eval.k_test; 0 = no "
                    "re-ranking, the default for variants without ITM)")  # fmt: skip
@@ -135,7 +140,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     evaluate_checkpoint(
         args.checkpoint, args.annotations, args.tokens, split=args.split, out=args.out,
-        topk_out=args.topk_out, k=args.k_test, device=args.device,
+        topk_out=args.topk_out, k=args.k_test, device=args.device, dataset=args.dataset,
     )  # fmt: skip
     return 0
 

@@ -293,8 +293,10 @@ def load_model_for_eval(checkpoint: str | Path) -> tuple[nn.Module, dict[str, An
 
 def _meta_from_config(config: dict[str, Any]) -> dict[str, Any]:
     meta = {"experiment": config.get("name")}
-    for key in ("dataset", "backbone", "variant", "seed"):
+    for key in ("dataset", "backbone", "variant", "seed", "method"):
         meta[key] = config.get(key)
+    if config.get("sweep"):
+        meta["sweep"] = config["sweep"]  # a Fig. 4 point (rasa.report.results.sweep_point)
     return meta
 
 
@@ -317,8 +319,12 @@ def evaluate_checkpoint(
     num_workers: int = 0,
     meta: dict[str, Any] | None = None,
     progress: bool = True,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
     """Load ``checkpoint``, evaluate it on ``split`` and write the metrics JSON (and topk.json).
+
+    ``dataset`` names the evaluated dataset when it is not the one the run trained on (Table 7,
+    domain generalisation): the meta then says ``dataset`` (target) and ``source_dataset``.
 
     ``resize`` defaults to the run's training setting ("stretch" for official checkpoints);
     ``k`` to the run's ``eval.k_test`` (128 without one), and to 0 — no re-ranking — for a
@@ -348,6 +354,8 @@ def evaluate_checkpoint(
         resize=resize,
         device=str(resolve_device(device)),
     )
+    if dataset and dataset != info.get("dataset"):
+        info.update(source_dataset=info.get("dataset"), dataset=dataset)
     info.update(meta or {})
     metrics["meta"] = info
     write_json(out, metrics)

@@ -26,25 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rasa.config import SWEEP_LOSS_KEYS
 from rasa.errors import DataError
 
-# params.yaml loss keys (and their dotted forms) that are Fig. 4's parameters
+# Fig. 4's parameters under every name a run may give them: p_w, p_weak, loss.p_weak, ...
 PARAM_ALIASES = {
-    "p_w": "p_w",
-    "p_weak": "p_w",
-    "loss.p_weak": "p_w",
-    "p_m": "p_m",
-    "p_mask_rtd": "p_m",
-    "loss.p_mask_rtd": "p_m",
-    "lambda1": "lambda1",
-    "lambda_prd": "lambda1",
-    "loss.lambda_prd": "lambda1",
-    "lambda2": "lambda2",
-    "lambda_rtd": "lambda2",
-    "loss.lambda_rtd": "lambda2",
-    "lambda3": "lambda3",
-    "lambda_cl": "lambda3",
-    "loss.lambda_cl": "lambda3",
+    alias: param for param, key in SWEEP_LOSS_KEYS.items() for alias in (param, key, f"loss.{key}")
 }
 _NAME_RE = re.compile(
     r"(?<![A-Za-z])(" + "|".join(re.escape(k) for k in sorted(PARAM_ALIASES, key=len)[::-1]) + r")"
