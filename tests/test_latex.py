@@ -25,10 +25,11 @@ def _require(*tools: str) -> None:
 
 def _runs():
     out = []
-    for variant, r1s in (("cl", (10.0, 20.0)), ("m-rtd", (31.5,))):
+    for variant, r1s in (("cl", (10.0, 20.0)), ("m-rtd", (31.5,)), ("cmmt", (5.0, 6.0))):
         for seed, r1 in enumerate(r1s):
             meta = {"dataset": "synth-cuhk", "backbone": "tiny", "variant": variant,
-                    "seed": seed, "split": "test", "suite": "quick", "experiment": "a_b&c%"}  # fmt: skip
+                    "seed": seed, "split": "test", "suite": "quick", "experiment": "a_b&c%",
+                    "method": "cmmt" if variant == "cmmt" else "rasa"}  # fmt: skip
             out.append(run_from_record({"r1": r1, "r5": 50, "r10": 60, "mAP": 25.0, "meta": meta}))
     return out
 
@@ -40,7 +41,7 @@ def _render_png(pdf: Path) -> Path:
     return stem.with_suffix(".png")
 
 
-@pytest.mark.parametrize("number", [4, 5])
+@pytest.mark.parametrize("number", [4, 5, "weak"])
 def test_standalone_table_compiles_and_renders(tmp_path, number):
     _require("pdflatex", "pdftoppm")
     (table,) = build_our_tables(number, _runs())
@@ -53,6 +54,19 @@ def test_standalone_table_compiles_and_renders(tmp_path, number):
     assert pdf.stat().st_size > 1000
     assert png.stat().st_size > 1000
     assert pdf.read_bytes().startswith(b"%PDF")
+
+
+def test_pseudo_label_table_compiles(tmp_path):
+    _require("pdflatex")
+    from test_report_cells import PSEUDO, make_run
+
+    from rasa.report.curves import pseudo_label_latex, read_run
+
+    run = read_run(make_run(tmp_path, "cmmt_s0&x", variant="cmmt", method="cmmt", pseudo=PSEUDO))
+    doc, _ = pseudo_label_latex(run)
+    (tmp_path / "p.tex").write_text(doc, encoding="utf-8")
+    compile_latex(tmp_path / "p.tex", tmp_path / "p.pdf")
+    assert (tmp_path / "p.pdf").read_bytes().startswith(b"%PDF")
 
 
 def test_fragment_inputs_into_an_article(tmp_path):

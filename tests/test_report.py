@@ -12,6 +12,7 @@ from PIL import Image
 from rasa.cli import main
 from rasa.errors import DataError
 from rasa.report import figures
+from rasa.report.curves import plot_run_curves, read_curves, read_run
 from rasa.report.paper import CSV_PATH, FIG4, KEY, load_paper_results, paper_value, table_frame
 from rasa.report.results import (
     dataset_key,
@@ -215,11 +216,12 @@ def test_read_curves(tmp_path):
     tsv = tmp_path / "curve" / "plots" / "metrics" / "train" / "loss_itm.tsv"  # dvclive layout
     tsv.parent.mkdir(parents=True)
     tsv.write_text("step\tloss_itm\n0\t0.7\n1\t0.6\n")
-    curves = figures.read_curves(tmp_path)
+    curves = read_curves(tmp_path)
     assert curves["train/loss_itm"] == [(0.0, 0.7), (1.0, 0.6)]
     assert curves["train/loss"] == [(1.0, 2.0), (2.0, 1.5)]
     assert curves["val/r1 (per epoch)"] == [(1.0, 5.0)]
-    assert figures.plot_training_curves(tmp_path, tmp_path / "c")[0].stat().st_size > 1000
+    run = read_run(tmp_path)
+    assert plot_run_curves(run, tmp_path / "c")[0].stat().st_size > 1000
 
 
 # ---- CLI ----------------------------------------------------------------------------------------
@@ -253,7 +255,7 @@ def test_rasa_report_end_to_end(tmp_path, monkeypatch):
     assert (out / "figures" / "fig5-s0.png").stat().st_size > 1000
     assert not list(out.rglob(".*.tmp"))  # atomic writes left nothing behind
     comp = pd.read_csv(out / "comparison.csv")
-    row = comp[(comp.table == 1) & (comp.metric == "r1")].iloc[0]
+    row = comp[(comp.table.astype(str) == "1") & (comp.metric == "r1")].iloc[0]
     assert (row.method, row.paper, row.ours_mean, row.n_seeds) == ("RaSa (Ours)", 76.51, 20.5, 2)
 
 

@@ -2,20 +2,27 @@
 "Reports").
 
     rasa report --results results/runs --out results [--compile] [--topk FILE[=LABEL] ...]
+                [--runs checkpoints/<experiment> ...]
 
 Collects every metrics JSON under the ``--results`` directories, writes ``<out>/comparison.csv``
 (every number of ours beside the paper's, long format),
 ``<out>/tables/tableN[-context].tex`` (standalone, compiles with pdflatex) and
-``..._fragment.tex`` (a ``table`` float to ``\\input``), ``<out>/figures/`` (Fig. 4 when sweep
-runs exist, Fig. 5 from top-k files, training curves) and ``<out>/README.md`` indexing what
-was made, with the git commit and the sha256 of params.yaml. All writes are atomic.
+``..._fragment.tex`` (a ``table`` float to ``\\input``), ``table-weak[-context].tex`` (CMMT vs
+supervised CL and RaSa, not in the paper), ``<out>/figures/`` (Fig. 4 when sweep runs exist,
+Fig. 5 from top-k files) and ``<out>/README.md`` indexing what was made, with the git commit and
+the sha256 of params.yaml. All writes are atomic.
+
+``--runs`` names training run directories (rasa/report/curves.py): per run
+``figures/curves-<experiment>.png|pdf``; per CMMT run ``figures/pseudo-labels-<experiment>``
+and ``tables/pseudo-labels-<experiment>[_fragment].tex`` (ARI per epoch, also inline in the
+README); per (dataset, backbone) ``figures/val-r1-<dataset>-<backbone>`` comparing the runs'
+validation R@1. A run directory without curve data is noted and skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import re
 import shutil
 import subprocess
@@ -52,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "files are compared row by row on the same queries")  # fmt: skip
     p.add_argument("--annotations", help="annotation table to find Fig. 5's images")
     p.add_argument("--queries", type=int, default=3, help="Fig. 5: number of queries shown")
+    p.add_argument("--runs", nargs="*", default=None, metavar="DIR",
+                   help="training run directories (checkpoints/<experiment>): training curves, "
+                   "CMMT pseudo-label quality, validation R@1 per (dataset, backbone)")  # fmt: skip
     p.set_defaults(func=_report)
 
 
@@ -66,6 +76,7 @@ def _report(args: argparse.Namespace) -> int:
         topk=args.topk,
         annotations=args.annotations,
         n_queries=args.queries,
+        training_runs=args.runs,
     )
     print(f"report: {len(made.outputs)} files in {args.out} (index: {made.readme})")
     for note in made.notes:
@@ -176,13 +187,14 @@ def build_report(
     topk: Sequence[str] | None = None,
     annotations: str | Path | None = None,
     n_queries: int = 3,
+    training_runs: Sequence[str | Path] | None = None,
 ) -> Report:
     import pandas as pd
 
     from rasa.report import figures
     from rasa.report.results import find_metrics_files, load_runs, sweep_point
     from rasa.report.tables import (
-        SPECS,
+        ALL_SPECS,
         build_our_tables,
         comparison_rows,
         render_table,
@@ -202,17 +214,23 @@ def build_report(
     comparison: list[dict[str, Any]] = []
     index.append("## Tables\n")
     index.append("Each metric: the paper's number, then ours (`--`: no run / not in the paper).\n")
-    for number in SPECS:
+    for number, spec in ALL_SPECS.items():
+        if number == "weak":
+            index.append(
+                "\nNot in the RaSa paper: weakly supervised CMMT vs supervised CL and RaSa "
+                "(issue #6; CMMT runs fill no row of Tables 1-8).\n"
+            )
         for table in build_our_tables(number, runs, split=split):
             comparison += comparison_rows(table)
             slug = table_slug(table)
-            stem = f"table{number}" + (f"-{slug}" if slug else "")
+            stem = spec.stem + (f"-{slug}" if slug else "")
             doc, fragment = render_table(table, datasets, label=f"tab:rasa-{stem}")
             tex = out / "tables" / f"{stem}.tex"
             write_text(tex, doc)
             write_text(out / "tables" / f"{stem}_fragment.tex", fragment)
             report.outputs += [tex, out / "tables" / f"{stem}_fragment.tex"]
-            line = f"- Table {number}: [`tables/{stem}.tex`](tables/{stem}.tex)"
+            name = f"Table {number}" if isinstance(number, int) else "Weakly vs supervised"
+            line = f"- {name}: [`tables/{stem}.tex`](tables/{stem}.tex)"
             if compile_pdf:
                 compile_latex(tex, tex.with_suffix(".pdf"))
                 report.outputs.append(tex.with_suffix(".pdf"))
@@ -301,18 +319,14 @@ def build_report(
                      f"(figures/{stem}.png)")  # fmt: skip
     if not topk_files:
         index.append("- Fig. 5: no top-k file among the results.")
-    for run in runs:
-        run_dir = Path(run.path).parent
-        if not ((run_dir / "curve").is_dir() or _has_val_curve(run.path)):
-            continue
-        stem = "curves-" + _slug(str(run.get("experiment") or run_dir.name))
-        try:
-            paths = figures.plot_training_curves(run_dir, fig_dir / stem)
-        except (DataError, ValueError, KeyError) as exc:
-            report.notes.append(f"training curves of {run_dir} skipped: {exc}")
-            continue
-        report.outputs += paths
-        index.append(f"- Training curves ({run_dir}): [`figures/{stem}.png`](figures/{stem}.png)")
+    # training runs: the named ones, and any run directory a metrics file sits in
+    run_dirs = [Path(d) for d in training_runs or []]
+    for r in runs:
+        d = Path(r.path).parent
+        if (d / "curve").is_dir() and d.resolve() not in {x.resolve() for x in run_dirs}:
+            run_dirs.append(d)
+    if run_dirs:
+        index += _training_runs_section(run_dirs, out, report, compile_pdf)
 
     # runs
     index.append("\n## Runs\n")
@@ -344,13 +358,60 @@ def build_report(
     return report
 
 
+def _training_runs_section(
+    run_dirs: Sequence[Path], out: Path, report: Report, compile_pdf: bool
+) -> list[str]:
+    """Curves per run, CMMT pseudo-label figure and table, validation R@1 per context."""
+    from rasa.report import curves
+
+    index = ["\n## Training runs\n"]
+    loaded: list[curves.TrainingRun] = []
+    stems: set[str] = set()
+    for d in run_dirs:
+        run = curves.read_run(d)
+        if run is None:
+            report.notes.append(f"training run {d}: no curve data (curve/, val_curve), skipped")
+            index.append(f"- `{d}`: no curve data, skipped.")
+            continue
+        loaded.append(run)
+        name = _slug(run.experiment)
+        if name in stems:  # two directories of one experiment name
+            name = _slug(f"{name}-{d.parent.name}-{d.name}")
+        stems.add(name)
+        report.outputs += curves.plot_run_curves(run, out / "figures" / f"curves-{name}")
+        index.append(f"- {run.experiment} ({run.label}, `{d}`): training curves "
+                     f"[`figures/curves-{name}.png`](figures/curves-{name}.png)")  # fmt: skip
+        if run.method != "cmmt":
+            continue
+        if not run.pseudo:
+            report.notes.append(f"CMMT run {d}: no pseudo_labels in metrics.json yet")
+            continue
+        report.outputs += curves.plot_pseudo_labels(run, out / "figures" / f"pseudo-labels-{name}")
+        doc, fragment = curves.pseudo_label_latex(run)
+        tex = out / "tables" / f"pseudo-labels-{name}.tex"
+        write_text(tex, doc)
+        write_text(tex.with_name(f"{tex.stem}_fragment.tex"), fragment)
+        report.outputs += [tex, tex.with_name(f"{tex.stem}_fragment.tex")]
+        links = (f"figure [`figures/pseudo-labels-{name}.png`](figures/pseudo-labels-{name}.png),"
+                 f" table [`tables/pseudo-labels-{name}.tex`](tables/pseudo-labels-{name}.tex)")  # fmt: skip
+        if compile_pdf:
+            compile_latex(tex, tex.with_suffix(".pdf"))
+            report.outputs.append(tex.with_suffix(".pdf"))
+            links += f" ([PDF](tables/pseudo-labels-{name}.pdf))"
+        index.append(f"  - CMMT pseudo-label quality (adjusted Rand index vs the true ids, read "
+                     f"only for this report; MPLR rescues): {links}\n")  # fmt: skip
+        index.append(curves.pseudo_label_markdown(run) + "\n")
+    for (dataset, backbone), group in curves.by_context(loaded).items():
+        if not any(r.val for r in group):
+            continue
+        stem = "val-r1-" + _slug(f"{dataset}-{backbone}")
+        labels = ", ".join(sorted({r.label for r in group}))
+        title = f"validation R@1 per evaluation: {dataset}, {backbone} ({labels})"
+        report.outputs += curves.plot_val_r1(group, out / "figures" / stem, title)
+        index.append(f"- Validation R@1 of {labels} on {dataset} / {backbone}: "
+                     f"[`figures/{stem}.png`](figures/{stem}.png)")  # fmt: skip
+    return index
+
+
 COMPARISON_COLUMNS = ("table", "context", "dataset", "method", "metric", "paper", "ours_mean",
                       "ours_std", "n_seeds")  # fmt: skip
-
-
-def _has_val_curve(path: str | Path) -> bool:
-    try:
-        doc: Any = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-    return bool(isinstance(doc, dict) and doc.get("val_curve"))

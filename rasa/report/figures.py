@@ -7,8 +7,8 @@
 - Fig. 5 (Appendix A.5): top-10 retrievals per text query from ``topk.json``, one row of
   images per query (and per model when several top-k files are compared), framed green when
   the image shows the queried person and red otherwise.
-- Training curves (a plus): training losses from ``curve/`` (dvclive TSVs or ``train.csv``)
-  and the validation R@1 per epoch from a run's ``metrics.json`` ``val_curve``.
+
+Training curves and CMMT's pseudo-label quality: :mod:`rasa.report.curves`.
 
 A run belongs to a sweep point when its meta has ``sweep: {"param": "p_w", "value": 0.2}``
 (or ``sweep_param``/``sweep_value``), or when its experiment name contains ``p_w=0.2``. A
@@ -17,7 +17,6 @@ A run belongs to a sweep point when its meta has ``sweep: {"param": "p_w", "valu
 
 from __future__ import annotations
 
-import csv
 import json
 import textwrap
 from collections import defaultdict
@@ -54,12 +53,17 @@ def sweep_series(
     runs: Sequence[Run], metric: str = "r1", split: str = "test"
 ) -> dict[str, dict[float, list[float]]]:
     """param -> value -> our metric per seed (seeds deduplicated). Default-setting ``m-rtd``
-    runs count as each swept panel's point at its default."""
+    runs count as each swept panel's point at its default; CMMT runs and cross-dataset runs
+    (Table 7) never count."""
     points: dict[tuple[str, float], list[Run]] = defaultdict(list)
     defaults: list[Run] = []
     for run in runs:
         if run.get("split", split) != split or metric not in run.values:
             continue
+        if run.method != "rasa":  # Fig. 4 sweeps RaSa's hyper-parameters
+            continue
+        if run.source_dataset and run.source_dataset != run.get("dataset"):
+            continue  # tested on another dataset than trained on: a Table 7 run
         sp = sweep_point(run)
         if sp is not None:
             points[sp].append(run)
@@ -212,63 +216,4 @@ def plot_fig5(
                 _show_image(ax, root / q["topk_images"][j], correct, j + 1)
             if n_rows > 1 or label:
                 axes[row, 0].set_ylabel(label, fontsize=8)
-    return save_figure(fig, out_stem)
-
-
-# ---- training curves ---------------------------------------------------------------------
-def read_curves(run_dir: str | Path) -> dict[str, list[tuple[float, float]]]:
-    """Training losses per step from ``curve/`` (dvclive ``plots/metrics/**.tsv`` or the
-    ``train.csv`` fallback) and ``val R@1`` per epoch from ``metrics.json``'s val_curve."""
-    run_dir = Path(run_dir)
-    curves: dict[str, list[tuple[float, float]]] = {}
-    for tsv in sorted((run_dir / "curve" / "plots" / "metrics").glob("**/*.tsv")):
-        name = tsv.relative_to(run_dir / "curve" / "plots" / "metrics").with_suffix("").as_posix()
-        with open(tsv, encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
-        key = tsv.stem
-        curves[name] = [
-            (float(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")
-        ]
-    train_csv = run_dir / "curve" / "train.csv"
-    if train_csv.is_file():
-        with open(train_csv, encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        for col in rows[0].keys() if rows else []:
-            if col != "step":
-                curves[f"train/{col}"] = [(float(r["step"]), float(r[col])) for r in rows]
-    metrics = run_dir / "metrics.json"
-    if metrics.is_file():
-        val = json.loads(metrics.read_text(encoding="utf-8")).get("val_curve") or []
-        pts = [(float(v["epoch"]), float(v["r1"])) for v in val if "r1" in v and "epoch" in v]
-        if pts:
-            curves["val/r1 (per epoch)"] = pts
-    return curves
-
-
-def plot_training_curves(run_dir: str | Path, out_stem: str | Path) -> list[Path]:
-    """Losses (log scale) and validation R@1 of one training run; DataError when none."""
-    curves = read_curves(run_dir)
-    if not curves:
-        raise DataError(f"{run_dir}: no training curves (curve/ or metrics.json val_curve).")
-    losses = {k: v for k, v in curves.items() if "loss" in k}
-    val = {k: v for k, v in curves.items() if k.startswith("val/")}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    for name, pts in sorted(losses.items()):
-        xs, ys = zip(*pts, strict=True)
-        axes[0].plot(xs, ys, lw=1, label=name.split("/")[-1])
-    if losses and all(y > 0 for pts in losses.values() for _, y in pts):
-        axes[0].set_yscale("log")
-    axes[0].set_xlabel("step")
-    axes[0].set_title("training losses", fontsize=9)
-    if losses:
-        axes[0].legend(fontsize=6)
-    for name, pts in val.items():
-        xs, ys = zip(*pts, strict=True)
-        axes[1].plot(xs, ys, marker="o", label=name)
-    axes[1].set_xlabel("epoch")
-    axes[1].set_title("validation R@1 (%)", fontsize=9)
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.suptitle(str(run_dir), fontsize=8)
-    fig.tight_layout()
     return save_figure(fig, out_stem)

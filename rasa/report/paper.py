@@ -12,6 +12,10 @@ Fig. 4 (hyper-parameter sweeps, R@1 on CUHK-PEDES) is a plot only: the text give
 value of each parameter (p_w = 0.1, p_m = 0.3, lambda1 = lambda2 = lambda3 = 0.5, Section 4.4
 and Appendix A.2) but neither the swept grids nor the R@1 of each point. :data:`FIG4` records
 what the text gives; the R@1 at the defaults is the full model's (Table 4, MLM + m-RTD).
+
+``other_results.csv`` holds other papers' numbers that our tables of our own show (CMMT, ICCV
+2021, in the weakly-vs-supervised table), one row per (paper, dataset, method, metric) with its
+``source``; an empty ``value`` records a cell no pinned source gives (shown as '--').
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from rasa.errors import ConfigError, DataError
 CSV_PATH = Path(__file__).with_name("paper_results.csv")
 COLUMNS = ("table", "dataset", "method", "group", "metric", "value", "source")
 KEY = ("table", "dataset", "method", "metric")
+OTHER_CSV_PATH = Path(__file__).with_name("other_results.csv")
+OTHER_COLUMNS = ("paper", "dataset", "method", "metric", "value", "source")
 
 
 @dataclass(frozen=True)
@@ -148,3 +154,48 @@ def methods(table: int, dataset: str | None = None) -> list[str]:
     df = _load_cached(str(CSV_PATH))
     sub = df[(df.table == table) & ((df.dataset == dataset) if dataset else True)]
     return list(dict.fromkeys(sub.method))
+
+
+@lru_cache(maxsize=4)
+def _load_other_cached(path: str) -> pd.DataFrame:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: other papers' results table not found (ships with rasa).")
+    df = pd.read_csv(p, dtype=str, keep_default_na=False)
+    missing = [c for c in OTHER_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{p}: missing columns {missing}; expected {list(OTHER_COLUMNS)}.")
+    values = []
+    for i, (raw, source) in enumerate(zip(df.value, df.source, strict=True)):
+        if not source.strip():
+            raise DataError(f"{p}, row {i + 2}: every number needs a source (column 'source').")
+        try:
+            value = float(raw) if raw.strip() else float("nan")
+        except ValueError as exc:
+            raise DataError(f"{p}, row {i + 2}: value {raw!r} is not a number.") from exc
+        if not (value != value or 0 <= value <= 100):  # NaN: no number given
+            raise DataError(f"{p}, row {i + 2}: value {value} is not a percentage in [0, 100].")
+        values.append(value)
+    df["value"] = values
+    dup = df[df.duplicated(["dataset", "method", "metric"], keep=False)]
+    if not dup.empty:
+        first = dup.iloc[0]
+        raise DataError(f"{p}: duplicate row for ({first.dataset!r}, {first.method!r}, "
+                        f"{first.metric!r}).")  # fmt: skip
+    return df
+
+
+def load_other_results(path: str | Path = OTHER_CSV_PATH) -> pd.DataFrame:
+    """Other papers' numbers (columns :data:`OTHER_COLUMNS`; NaN value: no source gives it)."""
+    return _load_other_cached(str(path)).copy()
+
+
+def other_value(
+    dataset: str, method: str, metric: str, path: str | Path = OTHER_CSV_PATH
+) -> float | None:
+    """One number of another paper (e.g. CMMT's own R@1 on CUHK-PEDES), or None."""
+    df = _load_other_cached(str(path))
+    hit = df[(df.dataset == dataset) & (df.method == method) & (df.metric == metric)]
+    if not len(hit) or hit.value.iloc[0] != hit.value.iloc[0]:
+        return None
+    return float(hit.value.iloc[0])

@@ -10,7 +10,9 @@ tables (rasa/report/tables.py) and figures (rasa/report/figures.py) can look the
 - ``tr_r1`` ... ``tr_r10`` (Tables 5, 6: text retrieval from an image query) from an optional
   ``"i2t": {"r1", "r5", "r10"}`` block; ``ir_ap50`` (Table 6) from an optional ``"ap50"``.
 
-Optional meta keys the report understands: ``suite`` (which suite produced the run),
+Optional meta keys the report understands: ``method`` (``rasa``, the default, or ``cmmt``:
+weakly supervised, rasa/weak/; a CMMT run fills only the weakly-vs-supervised table, never the
+paper's supervised rows, whatever its ``variant``), ``suite`` (which suite produced the run),
 ``source_dataset`` / ``train_dataset`` (Table 7: trained on one dataset, evaluated on
 another), ``sweep`` = ``{"param": "p_w", "value": 0.2}`` (or ``sweep_param`` and
 ``sweep_value``; or ``p_w=0.2`` / ``loss.p_weak=0.2`` in the experiment name): a Fig. 4 point,
@@ -91,6 +93,15 @@ class Run:
         if src and target and src != target:
             return f"{src}->{target}"
         return target
+
+    @property
+    def method(self) -> str:
+        """``rasa`` (supervised) or ``cmmt`` (weakly supervised); older files without a
+        ``method`` are supervised unless their variant says ``cmmt`` (rasa/weak/train.py)."""
+        method = self.meta.get("method")
+        if method:
+            return str(method)
+        return "cmmt" if self.meta.get("variant") == "cmmt" else "rasa"
 
     @property
     def seed(self) -> Any:

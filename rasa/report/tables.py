@@ -12,6 +12,12 @@ paper row we reproduce: Table 4 rows <- the ten variants, Tables 1-3/5-7 "RaSa (
 synthetic dataset and a real one are never mixed in one cell. Only runs of the requested split
 (test) count, Fig. 4 sweep runs do not, and one run per seed does (a later file of the same
 seed replaces an earlier one).
+
+Tables 1-8 take supervised runs only (``method`` rasa): a weakly supervised CMMT run (issue #6,
+``method`` cmmt) goes to :data:`WEAK_SPEC`, a table that is not in the paper: CMMT beside
+supervised CL (``cl``) and RaSa (``m-rtd``) per dataset and backbone, with the RaSa paper's
+numbers for CL and RaSa and CMMT's own where a pinned source gives them
+(``other_results.csv``, :func:`rasa.report.paper.other_value`).
 """
 
 from __future__ import annotations
@@ -21,10 +27,10 @@ import re
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from rasa.report.paper import load_paper_results
+from rasa.report.paper import load_paper_results, other_value, paper_value
 from rasa.report.results import Run, sweep_point
 
 METRIC_LABELS = {
@@ -63,7 +69,7 @@ class RowRule:
 
     def matches(self, run: Run) -> bool:
         for key, want in self.match.items():
-            got = run.get(key)
+            got = run.method if key == "method" else run.get(key)
             allowed = want if isinstance(want, tuple) else (want,)
             if got not in allowed:
                 return False
@@ -75,7 +81,7 @@ class RowRule:
 
 @dataclass(frozen=True)
 class TableSpec:
-    number: int
+    number: int | str  # the paper's table number; a name for a table not in the paper
     title: str  # the paper's caption, shortened
     metrics: tuple[str, ...]
     rules: tuple[RowRule, ...]
@@ -85,6 +91,23 @@ class TableSpec:
     extra_group: str = "ours"  # group of our rows the paper does not have
     decimals: int = 2
     note: str = ""  # what "ours" means where it differs from the paper's protocol
+    methods: tuple[str, ...] = ("rasa",)  # training methods whose runs may fill the rows
+    # a table not in the paper: its rows (group, method), repeated for each dataset of ours
+    # among ``own_datasets`` (CUHK-PEDES alone when there is no run)
+    own_rows: tuple[tuple[str, str], ...] = ()
+    own_datasets: tuple[str, ...] = ()
+
+    @property
+    def stem(self) -> str:
+        """File-name stem: ``table4``, ``table-weak``."""
+        return f"table{self.number}" if isinstance(self.number, int) else f"table-{self.number}"
+
+    @property
+    def heading(self) -> str:
+        """``Table 4 of RaSa (IJCAI 2023)`` or the name of a table of ours."""
+        if isinstance(self.number, int):
+            return f"Table {self.number} of RaSa (IJCAI 2023)"
+        return f"A table of ours ({self.number}), not in the RaSa paper"
 
 
 _M4 = ("r1", "r5", "r10", "mAP")
@@ -157,6 +180,43 @@ SPECS: dict[int, TableSpec] = {
     ),
 }
 
+# Issue #6: weakly supervised CMMT (ICCV 2021) next to supervised CL and RaSa.
+WEAK_ROWS = {
+    "CMMT": RowRule("CMMT", {"method": "cmmt"}),
+    "CL (ITC + IMC)": RowRule("CL (ITC + IMC)", {"method": "rasa", "variant": "cl"}),
+    "RaSa (MLM + m-RTD)": RowRule("RaSa (MLM + m-RTD)", {"method": "rasa", "variant": "m-rtd"}),
+}
+WEAK_SPEC = TableSpec(
+    "weak",
+    "Weakly supervised (CMMT, ICCV 2021: no identity labels, image-caption pairs only) vs "
+    "supervised (CL and RaSa, identity labels).",
+    _M4,
+    tuple(WEAK_ROWS.values()),
+    ("dataset", "backbone"),
+    note="Paper column: CL and RaSa from the RaSa paper (Table 4 on CUHK-PEDES; RaSa (Ours) of "
+    "Tables 2-3 on ICFG-PEDES and RSTPReid); CMMT from rasa/report/other_results.csv, which "
+    "holds no number yet (the pinned CMMT notes, seeds/cmmt_weakly_supervised_notes.txt, give "
+    "none). Ours: CMMT = runs with method cmmt; CL and RaSa = supervised runs of variants cl "
+    "and m-rtd.",
+    methods=("rasa", "cmmt"),
+    own_rows=(
+        ("weakly supervised", "CMMT"),
+        ("supervised", "CL (ITC + IMC)"),
+        ("supervised", "RaSa (MLM + m-RTD)"),
+    ),
+    own_datasets=("cuhk", "icfg", "rstp"),
+)
+# What the weak table's paper column shows: (dataset, our row) -> (table, dataset, paper row)
+# of the RaSa paper, or ("other", dataset, method) of other_results.csv.
+WEAK_REFERENCES = {
+    ("cuhk", "CL (ITC + IMC)"): (4, "cuhk", "ITC + IMC"),
+    ("cuhk", "RaSa (MLM + m-RTD)"): (4, "cuhk", "MLM + m-RTD"),
+    ("icfg", "RaSa (MLM + m-RTD)"): (2, "icfg", "RaSa (Ours)"),
+    ("rstp", "RaSa (MLM + m-RTD)"): (3, "rstp", "RaSa (Ours)"),
+    **{(d, "CMMT"): ("other", d, "CMMT") for d in ("cuhk", "icfg", "rstp")},
+}
+ALL_SPECS: dict[int | str, TableSpec] = {**SPECS, WEAK_SPEC.number: WEAK_SPEC}
+
 
 # ---- aggregation -------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -192,6 +252,7 @@ class OurTable:
     cells: dict[tuple[str, str], dict[str, Cell]]
     extra_rows: list[tuple[str, str]]  # (dataset key, method) not in the paper, in run order
     runs: list[Run]
+    rows: list[tuple[str, str, str]] = field(default_factory=list)  # (dataset, group, method)
 
 
 def context_of(run: Run, spec: TableSpec) -> tuple:
@@ -201,31 +262,37 @@ def context_of(run: Run, spec: TableSpec) -> tuple:
 
 
 def _table_datasets(spec: TableSpec, paper_rows: list[tuple[str, str, str]]) -> set[str]:
-    return set(spec.datasets_in_columns) or {d for d, _, _ in paper_rows}
+    return set(spec.datasets_in_columns or spec.own_datasets) or {d for d, _, _ in paper_rows}
 
 
-def paper_rows(number: int) -> list[tuple[str, str, str]]:
+def paper_rows(number: int | str) -> list[tuple[str, str, str]]:
     """(dataset, group, method) of a paper table in the paper's order; Tables 5/6 collapse
-    the per-dataset duplicates (datasets are column blocks there)."""
+    the per-dataset duplicates (datasets are column blocks there). A table not in the paper:
+    its own rows on every dataset it admits."""
+    spec = ALL_SPECS[number]
+    if spec.own_rows:
+        return [(d, g, m) for d in spec.own_datasets for g, m in spec.own_rows]
     df = load_paper_results()
     sub = df[df.table == number]
     rows = list(dict.fromkeys(zip(sub.dataset, sub.group, sub.method, strict=True)))
-    spec = SPECS[number]
     if spec.datasets_in_columns:
         seen = dict.fromkeys(m for _, _, m in rows)
         return [("", "", m) for m in seen]
     return rows
 
 
-def build_our_tables(number: int, runs: Sequence[Run], split: str = "test") -> list[OurTable]:
+def build_our_tables(number: int | str, runs: Sequence[Run], split: str = "test") -> list[OurTable]:
     """Group runs of ``split`` into one :class:`OurTable` per context; no matching run gives a
-    single empty table (so the paper's numbers are still shown)."""
-    spec = SPECS[number]
+    single empty table (so the paper's numbers are still shown). ``number``: a key of
+    :data:`ALL_SPECS` (1-8, or ``"weak"``)."""
+    spec = ALL_SPECS[number]
     rows = paper_rows(number)
     datasets = _table_datasets(spec, rows)
     groups: dict[tuple, dict[tuple[str, str], list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         if run.get("split", split) != split or run.dataset_key not in datasets:
+            continue
+        if run.method not in spec.methods:  # e.g. CMMT runs stay out of the paper's tables
             continue
         if sweep_point(run) is not None:  # Fig. 4 runs: not the paper's setting
             continue
@@ -249,10 +316,19 @@ def build_our_tables(number: int, runs: Sequence[Run], split: str = "test") -> l
                 if c is not None:
                     col = f"{dkey}:{metric}" if spec.datasets_in_columns else metric
                     cells.setdefault(row_key, {})[col] = c
-        out.append(OurTable(spec, dict(ctx), cells, extra, all_runs))
+        out.append(OurTable(spec, dict(ctx), cells, extra, all_runs, _rows_for(spec, rows, by_row)))
     if not out:
-        out.append(OurTable(spec, {}, {}, [], []))
+        out.append(OurTable(spec, {}, {}, [], [], _rows_for(spec, rows, {})))
     return out
+
+
+def _rows_for(spec: TableSpec, rows: list, by_row: Mapping[tuple[str, str], Any]) -> list:
+    """The rows a table shows: the paper's; for a table of ours, its rows on the datasets of
+    its runs (the first admitted dataset when it has none)."""
+    if not spec.own_rows:
+        return list(rows)
+    present = {d for d, _ in by_row} or {spec.own_datasets[0]}
+    return [r for r in rows if r[0] in present]
 
 
 # ---- LaTeX -------------------------------------------------------------------------------
@@ -340,7 +416,7 @@ def render_tabular(table: OurTable, paper: Mapping[tuple[str, str, str], float])
     """The tabular (booktabs) with paper | ours sub-columns, without float or caption."""
     spec = table.spec
     cols = _columns(spec)
-    rows = paper_rows(spec.number)
+    rows = table.rows or paper_rows(spec.number)
     has_n = any(c.n > 1 for row in table.cells.values() for c in row.values())
     lead = 2 if spec.show_group else 1
     align = "l" * lead + "rr" * len(cols) + ("c" if has_n else "")
@@ -396,7 +472,19 @@ def render_tabular(table: OurTable, paper: Mapping[tuple[str, str, str], float])
     return "\n".join(lines)
 
 
-def paper_lookup(number: int) -> dict[tuple[str, str, str], float]:
+def paper_lookup(number: int | str) -> dict[tuple[str, str, str], float]:
+    """(dataset, row, metric) -> the published number shown in a table's paper column."""
+    if number == WEAK_SPEC.number:
+        out = {}
+        for (dkey, row), (table, dataset, method) in WEAK_REFERENCES.items():
+            for metric in WEAK_SPEC.metrics:
+                if table == "other":
+                    value = other_value(dataset, method, metric)
+                else:
+                    value = paper_value(table, dataset, method, metric)
+                if value is not None:
+                    out[(dkey, row, metric)] = value
+        return out
     df = load_paper_results()
     sub = df[df.table == number]
     return {
@@ -412,7 +500,7 @@ def render_table(
     spec = table.spec
     tabular = render_tabular(table, paper_lookup(spec.number))
     caption = (
-        rf"Table {spec.number} of RaSa (IJCAI 2023): {latex_escape(spec.title)} "
+        rf"{latex_escape(spec.heading)}: {latex_escape(spec.title)} "
         rf"Each metric: the paper's number, then \textcolor{{{OURS_COLOR}}}{{ours}}. "
         + describe_context(table, datasets)
         + "."
