@@ -330,12 +330,14 @@ def build_report(
 
     # runs
     index.append("\n## Runs\n")
-    index.append("| experiment | dataset | backbone | variant | seed | split | R@1 | mAP | file |")
-    index.append("|---|---|---|---|---|---|---|---|---|")
+    index.append(
+        "| experiment | dataset | backbone | method | variant | seed | split | R@1 | mAP | file |"
+    )
+    index.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
-        cells = [r.get("experiment"), r.dataset, r.get("backbone"), r.get("variant"), r.seed,
-                 r.get("split", "test"), f"{r.values['r1']:.2f}", f"{r.values['mAP']:.2f}",
-                 f"`{r.path}`"]  # fmt: skip
+        cells = [r.get("experiment"), r.dataset, r.get("backbone"), r.method, r.get("variant"),
+                 r.seed, r.get("split", "test"), f"{r.values['r1']:.2f}",
+                 f"{r.values['mAP']:.2f}", f"`{r.path}`"]  # fmt: skip
         index.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
     if skipped:
         index.append(f"\nNot metrics files (skipped): {', '.join(f'`{s}`' for s in skipped)}")

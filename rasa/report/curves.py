@@ -283,6 +283,7 @@ def plot_run_curves(run: TrainingRun, out_stem: str | Path) -> list[Path]:
     axes[2].set_title("validation R@1 (%) per evaluation", fontsize=9)
     for a, x in zip(axes, ("step", "step", axis), strict=True):
         a.set_xlabel(x)
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.grid(alpha=0.3)
     m = run.meta
     fig.suptitle(f"{run.experiment} ({run.label}, {m.get('dataset')}, {m.get('backbone')}, "
@@ -337,6 +338,7 @@ def plot_val_r1(runs: Sequence[TrainingRun], out_stem: str | Path, title: str) -
                 color=color, alpha=0.85, label=f"{run.label} ({n} run{'s' * (n > 1)})" if first
                 else None)  # fmt: skip
     ax.set_xlabel(axis)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation R@1 (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
