@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-PRESETS = ("cuhk", "icfg", "rstp")
+PRESETS = ("cuhk", "icfg", "rstp", "flickr", "coco", "cub", "flowers")
 FORMATS = ("auto", "cuhk-pedes", "icfg-pedes", "rstpreid", "karpathy", "cub", "flowers")
 
 
@@ -18,11 +18,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Generate SynthPEDES, a seeded procedural stand-in for CUHK-PEDES, "
         "ICFG-PEDES or RSTPReid: pedestrian images drawn from attributes, captions built from "
         "them (some mention what the paired image does not show: weak positives), written in "
-        "the real dataset's own file layout so `rasa data parse` reads it. Same preset, "
-        "--ids and --seed give byte-identical files.",
+        "the real dataset's own file layout so `rasa data parse` reads it. The presets flickr "
+        "and coco write Karpathy split JSON (one image per identity, 5 captions), cub and "
+        "flowers Reed et al.'s text_c10 layout (a class = an identity, 10 captions per image). "
+        "Same preset, --ids and --seed give byte-identical files.",
     )
     p.add_argument("--preset", choices=PRESETS, required=True, help="which dataset to mimic")
-    p.add_argument("--ids", type=int, required=True, help="number of identities (all splits)")
+    p.add_argument(
+        "--ids",
+        type=int,
+        required=True,
+        help="number of identities (all splits; images for flickr/coco, classes for cub/flowers)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--workers", type=int, default=1, help="processes drawing images")

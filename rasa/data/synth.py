@@ -1,4 +1,5 @@
-"""SynthPEDES: a seeded procedural stand-in for CUHK-PEDES, ICFG-PEDES and RSTPReid.
+"""SynthPEDES: a seeded procedural stand-in for CUHK-PEDES, ICFG-PEDES and RSTPReid (and, in
+their layouts, for Flickr30K, COCO, CUB and Flowers: :mod:`rasa.data.synth_layouts`).
 
 ``rasa data synth --preset cuhk|icfg|rstp --ids N --seed S --out DIR`` draws pedestrian crops
 with Pillow from attribute sets (``synth_attrs``, ``synth_draw``), writes captions from the
@@ -20,7 +21,15 @@ icfg    5-10, mean 7.5 (real    1                 3,102 / 0 / 1,000 (no val)   ~
         13.3: fewer to keep the
         set small)
 rstp    5 (5 cameras)           2                 3,701 / 200 / 200            >= 23 words
+flickr  1 (an image = a class)  5                 29,000 / 1,014 / 1,000       ~12 words
+coco    1 (an image = a class)  5                 113,287 / 5,000 / 5,000      ~10 words
+cub     41-60 (real 58.9)       10                100 / 50 / 50 classes        ~15 words
+flowers 40-120 (real 80.3)      10                62 / 20 / 20 classes         ~14 words
 ======  ======================  ================  ===========================  ===========
+
+The last four (paper Appendix A.3, Tables 5-6) write Karpathy JSON and Reed et al.'s
+``text_c10`` layout (:mod:`rasa.data.synth_layouts`); ``--ids`` counts images (flickr, coco)
+or classes (cub, flowers). Their images are the same pedestrian drawings.
 
 Identities are numbered in split order (train first, then val, then test), as the standard
 CUHK-PEDES split by sorted id. Val/test get at least 2 identities each when ``--ids >= 10``
@@ -54,6 +63,17 @@ from tqdm import tqdm
 from rasa.data.synth_attrs import CAMERAS, attribute_value, sample_condition, sample_identity
 from rasa.data.synth_caption import KEYS, PRIORITY, CaptionStyle, compose, select_mentions
 from rasa.data.synth_draw import render, visibility
+from rasa.data.synth_layouts import (
+    IMAGE_DIRS,
+    LAYOUT_PRESETS,
+    OUTPUT_DIRS,
+    OUTPUT_FILES,
+    class_name,
+    image_path,
+    raw_file,
+    raw_splits,
+    write_raw,
+)
 from rasa.errors import ConfigError, DataError
 from rasa.io import atomic_path, write_json
 
@@ -121,8 +141,62 @@ PRESETS: dict[str, Preset] = {
         CaptionStyle(mention_scale=1.15, verbose=0.55, min_words=23),
         distinct_cameras=True,
     ),
+    "flickr": Preset(
+        "flickr",
+        (1,),
+        (1.0,),
+        5,
+        (29000, 1014, 1000),
+        "jpg",
+        CaptionStyle(mention_scale=0.45, verbose=0.1, min_words=8, max_words=30),
+        view_mention=0.5,
+        notes="one image per identity (each image is its own class, as in Karpathy splits)",
+    ),
+    "coco": Preset(
+        "coco",
+        (1,),
+        (1.0,),
+        5,
+        (113287, 5000, 5000),
+        "jpg",
+        CaptionStyle(mention_scale=0.35, verbose=0.05, min_words=7, max_words=25),
+        view_mention=0.5,
+        notes="one image per identity; the last training images are 'restval' (val2014)",
+    ),
+    "cub": Preset(
+        "cub",
+        (41, 45, 50, 55, 59, 60),
+        (0.05, 0.05, 0.1, 0.1, 0.2, 0.5),
+        10,
+        (100, 50, 50),
+        "jpg",
+        CaptionStyle(mention_scale=0.7, verbose=0.2, min_words=10, max_words=40),
+        notes="a class is one identity; --ids counts classes; captions lower case",
+        extra={"lowercase": True},
+    ),
+    "flowers": Preset(
+        "flowers",
+        (40, 60, 80, 100, 120),
+        (0.2, 0.2, 0.2, 0.2, 0.2),
+        10,
+        (62, 20, 20),
+        "jpg",
+        CaptionStyle(mention_scale=0.6, verbose=0.2, min_words=9, max_words=40),
+        notes="a class is one identity; --ids counts classes; captions lower case",
+        extra={"lowercase": True},
+    ),
 }
-_PRESET_CODE = {"cuhk": 1, "icfg": 2, "rstp": 3}
+# the `rasa data parse --format` that reads each preset's output ("auto" detects it too)
+PARSE_FORMATS = {
+    "cuhk": "cuhk-pedes",
+    "icfg": "icfg-pedes",
+    "rstp": "rstpreid",
+    "flickr": "karpathy",
+    "coco": "karpathy",
+    "cub": "cub",
+    "flowers": "flowers",
+}
+_PRESET_CODE = {"cuhk": 1, "icfg": 2, "rstp": 3, "flickr": 4, "coco": 5, "cub": 6, "flowers": 7}
 
 
 def split_sizes(preset: str, n_ids: int) -> tuple[int, int, int]:
@@ -183,7 +257,9 @@ def _plan(preset: str, n_ids: int, seed: int, cfg: SynthConfig) -> dict:
     p = PRESETS[preset]
     sizes = split_sizes(preset, n_ids)
     splits = ["train"] * sizes[0] + ["val"] * sizes[1] + ["test"] * sizes[2]
-    first_id = 0 if preset == "rstp" else 1
+    layout = preset in LAYOUT_PRESETS
+    raw_split = raw_splits(preset, splits)
+    first_id = 0 if preset in ("rstp", "flickr", "coco") else 1
     identities, images, captions = [], [], []
     serial = 0
     for n, split in enumerate(splits):
@@ -198,25 +274,36 @@ def _plan(preset: str, n_ids: int, seed: int, cfg: SynthConfig) -> dict:
             else rng.integers(1, CAMERAS + 1, count)
         )
         identities.append({"id": pid, "split": split, "attributes": ident})
+        cls = class_name(preset, pid, ident, n_ids) if preset in ("cub", "flowers") else None
+        if cls is not None:
+            identities[-1]["class"] = cls
         own = []
         for k in range(count):
             cond = sample_condition(rng, int(cams[k]), cfg.occlusion_scale)
             frac = visibility(ident, cond, cfg.image_size)
             visible = sorted(key for key, f in frac.items() if f >= cfg.visible_min)
             serial += 1
+            path = (
+                image_path(preset, pid, k, raw_split[n], serial, cls or "")
+                if layout
+                else _image_path(preset, pid, k, split, cond, serial, source)
+            )
             images.append(
                 {
                     "index": len(images),
                     "id": pid,
                     "split": split,
                     "condition": cond,
-                    "path": _image_path(preset, pid, k, split, cond, serial, source),
+                    "path": path,
                     "visible": visible,
                     "visible_fraction": frac,
                     "hidden": sorted(attribute_keys(ident) - set(visible)),
                 }
             )
+            if layout:
+                images[-1].update(raw_split=raw_split[n], **({"class": cls} if cls else {}))
             own.append(images[-1])
+        weak_of = _weak_finder(own)
         for img in own:
             for _ in range(p.captions_per_image):
                 vis = set(img["visible"])
@@ -224,7 +311,9 @@ def _plan(preset: str, n_ids: int, seed: int, cfg: SynthConfig) -> dict:
                 keys = select_mentions(vis, p.style, rng, with_view=with_view)
                 spare = [k for k in reversed(PRIORITY) if k in vis and k not in keys]
                 text, used = compose(ident, keys, img["condition"]["view"], p.style, rng, spare)
-                weak = [o["index"] for o in own if o is not img and _is_weak(used, img, o)]
+                if p.extra.get("lowercase"):
+                    text = text.lower()
+                weak = weak_of(used, img)
                 captions.append(
                     {
                         "index": len(captions),
@@ -237,6 +326,27 @@ def _plan(preset: str, n_ids: int, seed: int, cfg: SynthConfig) -> dict:
                     }
                 )
     return {"identities": identities, "images": images, "captions": captions}
+
+
+def _weak_finder(own: list[dict]):
+    """``weak(mentions, img)``: indices of the other images in ``own`` for which a caption of
+    ``img`` mentioning ``mentions`` is weak (:func:`_is_weak`), ascending. Images that show the
+    same attributes from the same view are tested once (CUB/Flowers classes have ~60 images)."""
+    groups: dict[tuple, list[dict]] = {}
+    for o in own:
+        groups.setdefault((tuple(o["visible"]), o["condition"]["view"]), []).append(o)
+
+    def weak(mentions: list[str], img: dict) -> list[int]:
+        out = [
+            o["index"]
+            for members in groups.values()
+            if _is_weak(mentions, img, members[0])
+            for o in members
+            if o is not img
+        ]
+        return sorted(out)
+
+    return weak
 
 
 def _is_weak(mentions: list[str], own: dict, other: dict) -> bool:
@@ -366,8 +476,9 @@ def _prepare_out(out: Path) -> None:
                 "earlier SynthPEDES output; refusing to write into it. Choose an empty or new "
                 "--out directory."
             )
-        shutil.rmtree(out / "imgs", ignore_errors=True)
-        for name in (*RAW_FILES.values(), META_FILE):
+        for name in ("imgs", *OUTPUT_DIRS):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in (*RAW_FILES.values(), *OUTPUT_FILES, META_FILE):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -395,7 +506,7 @@ def generate(
     tasks = [
         (
             img["index"],
-            out / "imgs" / img["path"],
+            out / IMAGE_DIRS.get(preset, "imgs") / img["path"],
             attrs[img["id"]],
             img["condition"],
             seed,
@@ -416,14 +527,17 @@ def generate(
                 bar.update()
     bar.close()
     stats = statistics(plan)
-    write_json(out / RAW_FILES[preset], _raw_records(preset, plan), indent=None)
+    if preset in LAYOUT_PRESETS:
+        write_raw(preset, out, plan)
+    else:
+        write_json(out / RAW_FILES[preset], _raw_records(preset, plan), indent=None)
     meta = {
         "generator": "synthpedes",
         "version": 1,
         "preset": preset,
         "seed": seed,
         "n_ids": n_ids,
-        "raw_file": RAW_FILES[preset],
+        "raw_file": RAW_FILES.get(preset) or raw_file(preset),
         "config": asdict(cfg),
         "preset_config": asdict(PRESETS[preset]),
         "stats": stats,
