@@ -199,3 +199,143 @@ def test_load_model_for_eval_reads_official_checkpoints() -> None:
     assert config["resize"] == "stretch"  # the official transform squeezes images
     outputs = torch.load(fixture / "outputs.pt", weights_only=True)
     assert model.config.embed_dim == outputs["image_feat"].shape[1]
+
+
+@pytest.fixture(scope="module")
+def fine_dataset(tmp_path_factory):
+    """A toy CUB: classes of 3 images with 2 captions each, disjoint train/test classes."""
+    root = tmp_path_factory.mktemp("cubset")
+    rng = np.random.default_rng(1)
+    records = []
+    for cls in range(1, 7):
+        split = "train" if cls <= 2 else "test"
+        for j in range(3):
+            name = f"{cls:03d}.Toy/img_{j}.jpg"
+            (root / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 255, size=(40, 20, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "images" / name)
+            caps = tuple(" ".join(rng.choice(WORDS, size=rng.integers(4, 10))) for _ in range(2))
+            records.append(Record(name, cls, split, caps))
+    ann = Annotations("cub", "images", records, {"format": "cub"})
+    ann_path = root / "annotations.json"
+    ann.save(ann_path)
+    cache_path = root / "tokens.npz"
+    cache = build_cache(ann_path, "wordpiece:120", cache_path, max_len=12, progress=False)
+    torch.manual_seed(1)
+    model = create_model(
+        "tiny", image_size=(32, 16), vocab_size=max(cache.vocab_size, 8), queue_size=16
+    ).eval()
+    return ann, ann_path, cache_path, model
+
+
+def class_reference(model, ann, ann_path, cache_path, k):
+    """The paper's description, literally: class scores from the average text embedding
+    (first stage) and, for each class's top k images, the ITM head on the multi-modal
+    embeddings averaged over the class's captions."""
+    gallery = ImageDataset(ann, ann_path, "test", model.config.image_size)
+    caps = split_captions(ann, ann_path, cache_path, "test")
+    classes = sorted(set(caps.pids.tolist()))
+    with torch.no_grad():
+        images = torch.stack([gallery[i]["image"] for i in range(len(gallery))])
+        image_tokens = model.encode_image(images)
+        text_tokens = model.encode_text(caps.ids, caps.mask)
+        text_feats, image_feats = model.text_embed(text_tokens), model.image_embed(image_tokens)
+        first = torch.stack([text_feats[caps.pids == c].mean(0) @ image_feats.T for c in classes])
+        final = first.clone()
+        for row, c in enumerate(classes):
+            rows = (caps.pids == c).nonzero()[:, 0]
+            cand = torch.sort(first[row], descending=True, stable=True).indices[:k]
+            for g in cand.tolist():
+                fused = model.fuse(
+                    text_tokens[rows], caps.mask[rows],
+                    image_tokens[g : g + 1].expand(len(rows), -1, -1),
+                )  # fmt: skip
+                logit = model.itm_head(fused[:, 0].mean(0))
+                final[row, g] = 2.0 + torch.softmax(logit, -1)[1]
+    return first, final, torch.tensor(classes), gallery.pids
+
+
+def _top1_and_ap(scores, classes, image_pids, k=50):
+    """Naive TR R@1 (argmax class per image) and AP@k (hits among each class's top k / k)."""
+    best = classes[scores.argmax(0)]
+    r1 = 100.0 * (best == image_pids).double().mean().item()
+    n = min(k, scores.shape[1])
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :n]
+    ap = 100.0 * (image_pids[order] == classes[:, None]).double().mean().item()
+    return r1, ap
+
+
+@pytest.mark.parametrize("k", [0, 2, 9])
+def test_fine_grained_class_level_protocol(fine_dataset, k) -> None:
+    ann, ann_path, cache_path, model = fine_dataset
+    metrics, _ = evaluate_model(
+        model, ann, ann_path, cache_path, "test", k=k, batch_size=4, pair_batch=5, progress=False
+    )
+    first, final, classes, image_pids = class_reference(model, ann, ann_path, cache_path, k)
+    if k == 0:
+        final = first
+    r1, ap = _top1_and_ap(final, classes, image_pids)
+    r1_first, ap_first = _top1_and_ap(first, classes, image_pids)
+    assert metrics["i2t"]["r1"] == pytest.approx(r1) and metrics["ap50"] == pytest.approx(ap)
+    assert metrics["i2t"]["first_stage"]["r1"] == pytest.approx(r1_first)
+    assert metrics["first_stage"]["ap50"] == pytest.approx(ap_first)
+    # 4 classes x 3 images: AP@50 looks at all 12 images, so each class scores 3/12 at most
+    assert metrics["ap50"] == pytest.approx(25.0)
+    assert metrics["i2t"]["num_queries"] == 12 and metrics["i2t"]["num_gallery"] == 4
+    assert metrics["class_level"] == {"num_classes": 4, "num_images": 12, "ap_k": 50, "k": k}
+    # the caption-level text->image keys stay (24 captions over 12 images)
+    assert set(METRIC_KEYS) <= set(metrics) and metrics["num_queries"] == 24
+
+
+def test_fine_grained_scores_match_reference(fine_dataset) -> None:
+    from rasa.engine.evaluate import class_level_scores, embed_texts, similarity
+
+    ann, ann_path, cache_path, model = fine_dataset
+    first_ref, final_ref, classes_ref, _ = class_reference(model, ann, ann_path, cache_path, 5)
+    gallery = ImageDataset(ann, ann_path, "test", model.config.image_size)
+    caps = split_captions(ann, ann_path, cache_path, "test")
+    with torch.no_grad():
+        images = torch.stack([gallery[i]["image"] for i in range(len(gallery))])
+        image_tokens = model.encode_image(images)
+        image_feats = model.image_embed(image_tokens)
+    text_tokens, text_feats = embed_texts(
+        model, caps.ids, caps.mask, 7, torch.device("cpu"), progress=False
+    )
+    sims = similarity(text_feats, image_feats, torch.device("cpu"))
+    first, final, classes = class_level_scores(
+        model, text_tokens, caps.mask, caps.pids, sims, image_tokens, 5, pair_batch=3
+    )
+    assert torch.equal(classes, classes_ref)
+    assert torch.allclose(first, first_ref, atol=1e-5)
+    assert torch.allclose(final, final_ref, atol=1e-5)
+
+
+def test_fine_grained_checkpoint_keys_for_the_report(fine_dataset, tmp_path) -> None:
+    from rasa.engine.checkpoint import save_checkpoint
+    from rasa.report.results import run_from_record
+
+    ann, ann_path, cache_path, model = fine_dataset
+    ckpt = tmp_path / "checkpoint_best.pt"
+    config = {"name": "synth-cub-tiny-m-rtd", "dataset": "synth-cub", "backbone": "tiny",
+              "variant": "m-rtd", "seed": 0, "train": {"resize": "pad"}}  # fmt: skip
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    save_checkpoint(ckpt, model=model, optimizer=opt, step=1, epoch=0, step_in_epoch=1,
+                    config=config)  # fmt: skip
+    out = tmp_path / "test.json"
+    evaluate_checkpoint(ckpt, ann_path, cache_path, "test", out, k=4, progress=False)
+    written = json.loads(out.read_text())
+    assert {"i2t", "ap50", "class_level", *METRIC_KEYS} <= set(written)
+    run = run_from_record(written, out)
+    assert run.values["tr_r1"] == pytest.approx(written["i2t"]["r1"])
+    assert run.values["ir_ap50"] == pytest.approx(written["ap50"])
+
+
+def test_flickr_and_coco_get_both_directions_by_default(dataset, tmp_path) -> None:
+    ann, ann_path, cache_path, model = dataset
+    for name in ("flickr30k", "coco"):
+        renamed = Annotations(name, str(ann.resolve_image_root(ann_path)), ann.records, {})
+        path = tmp_path / f"{name}.json"
+        renamed.save(path)
+        metrics, _ = evaluate_model(model, None, path, cache_path, "test", k=3, progress=False)
+        assert {"r1", "r5", "r10"} <= set(metrics) and {"r1", "r5", "r10"} <= set(metrics["i2t"])
+        assert "ap50" not in metrics and metrics["i2t"]["num_queries"] == 8

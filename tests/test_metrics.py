@@ -11,6 +11,9 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from rasa.engine.metrics import (
+    ap_at_k,
+    class_average,
+    fine_grained_metrics,
     image_to_text_metrics,
     ranked_matches,
     retrieval_metrics,
@@ -158,3 +161,59 @@ def test_official_fixture_metrics_all(fixture: Path) -> None:
     ours = retrieval_metrics(outputs["scores_all"], inputs["txt2person"], inputs["img2person"])
     for key, value in outputs["metrics_all"].items():
         assert ours[key] == pytest.approx(float(value), abs=1e-3), key
+
+
+# --- fine-grained protocol (CUB/Flowers, Table 6) -------------------------------------------
+
+
+def test_class_average_by_hand():
+    scores = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 4.0], [0.5, 0.5]])
+    avg, classes = class_average(scores, [7, 2, 7, 2])
+    assert classes.tolist() == [2, 7]
+    assert avg.tolist() == [[1.75, 1.25], [3.0, 2.0]]
+    logits, _ = class_average(torch.arange(12.0).view(4, 3, 1), [1, 1, 2, 2])  # [Q, k, 2]-like
+    assert logits.squeeze(-1).tolist() == [[1.5, 2.5, 3.5], [7.5, 8.5, 9.5]]
+    with pytest.raises(RasaError, match="one id per row"):
+        class_average(scores, [1, 2])
+
+
+def test_ap_at_k_by_hand():
+    # 2 classes (text queries) x 6 images; images 0-2 are class 1, images 3-5 class 2
+    scores = torch.tensor(
+        [
+            [0.9, 0.1, 0.8, 0.7, 0.2, 0.3],  # top 3: 0 (hit), 2 (hit), 3 (miss) -> 2/3
+            [0.5, 0.5, 0.1, 0.9, 0.2, 0.4],  # top 3: 3 (hit), 0 (miss, tie by index), 1 -> 1/3
+        ]
+    )
+    gp = [1, 1, 1, 2, 2, 2]
+    assert ap_at_k(scores, [1, 2], gp, k=3) == pytest.approx(100 * (2 / 3 + 1 / 3) / 2)
+    assert ap_at_k(scores, [1, 2], gp, k=1) == pytest.approx(100.0)
+    # k beyond the gallery: the whole gallery (3 of 6 correct for each class)
+    assert ap_at_k(scores, [1, 2], gp, k=50) == pytest.approx(50.0)
+    with pytest.raises(RasaError, match="k >= 1"):
+        ap_at_k(scores, [1, 2], gp, k=0)
+
+
+def test_fine_grained_metrics_against_sklearn():
+    from sklearn.metrics import precision_score, top_k_accuracy_score
+
+    rng = np.random.default_rng(3)
+    n_cls, per = 5, 60  # 60 images per class: AP@50 is below 100 only through mistakes
+    image_pids = np.repeat(np.arange(10, 10 + n_cls), per)
+    classes = np.arange(10, 10 + n_cls)
+    # class scores with signal: an image's own class gets a bonus
+    scores = rng.normal(size=(n_cls, n_cls * per)) + 1.2 * (classes[:, None] == image_pids)
+    out = fine_grained_metrics(torch.tensor(scores), classes, image_pids)
+    tr = top_k_accuracy_score(image_pids, scores.T, k=1, labels=classes)
+    assert out["i2t"]["r1"] == pytest.approx(100 * tr)
+    precisions = []
+    for c, row in zip(classes, scores, strict=True):
+        top = np.argsort(-row, kind="stable")[:50]
+        predicted = np.zeros(len(row), dtype=bool)
+        predicted[top] = True
+        precisions.append(precision_score(image_pids == c, predicted))
+    assert out["ap50"] == pytest.approx(100 * np.mean(precisions))
+    assert 20 < out["ap50"] < 100 and 20 < out["i2t"]["r1"] < 100
+    perfect = fine_grained_metrics(torch.tensor(classes[:, None] == image_pids).float(),
+                                   classes, image_pids)  # fmt: skip
+    assert perfect["i2t"]["r1"] == 100.0 and perfect["ap50"] == 100.0

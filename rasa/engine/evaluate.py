@@ -7,6 +7,16 @@ p-ITM match probability (:mod:`rasa.engine.ranking`); score both rankings with
 :mod:`rasa.engine.metrics` (R@1/5/10, mAP, mINP). For Flickr30K/COCO (Table 5) the image→text
 direction is evaluated too (each image's top k captions re-ranked), under ``"i2t"``.
 
+For CUB/Flowers (Table 6, Appendix A.3) the class-level protocol of Reed et al. (2016) is added
+(:func:`class_level_scores`): each test class is one query. First stage: the mean of its
+captions' cosine similarities (= the image embedding against the average of the class's text
+embeddings). Second stage: each class's top ``k`` images are re-scored by the ITM head on the
+multi-modal embedding averaged over the class's captions ("we compute the metrics by averaging
+the multi-modal embeddings of the same identity"; the head is linear, so this is the mean of
+the captions' ITM logits). ``"i2t"`` then holds images ranking the classes (``r1`` = TR R@1,
+top-1 accuracy) and ``"ap50"`` the IR AP@50 (:func:`rasa.engine.metrics.fine_grained_metrics`);
+the caption-level text→image keys (r1/r5/r10/mAP) stay as for every dataset.
+
 Outputs (atomic writes): the metrics JSON (INTERFACES "Metrics": the final metrics, the
 ``first_stage`` ones and ``meta``) and ``topk.json`` (each caption's top 10 images with their
 record indices, paths and person ids, for the Fig. 5 retrieval grids).
@@ -30,14 +40,30 @@ from tqdm.auto import tqdm
 from rasa.data.annotations import Annotations
 from rasa.data.dataset import ImageDataset, split_captions
 from rasa.data.token_cache import TokenCache, load_cache
-from rasa.engine.metrics import METRIC_KEYS, retrieval_metrics, top_indices
-from rasa.engine.ranking import _autocast, compose_scores, eval_mode, rerank_logits, rerank_topk
-from rasa.errors import ConfigError, DataError
+from rasa.engine.metrics import (
+    METRIC_KEYS,
+    class_average,
+    fine_grained_metrics,
+    retrieval_metrics,
+    top_indices,
+)
+from rasa.engine.ranking import (
+    RerankResult,
+    _autocast,
+    compose_scores,
+    eval_mode,
+    rerank_logits,
+    rerank_topk,
+)
+from rasa.errors import ConfigError, DataError, RasaError
 from rasa.io import write_json
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 # datasets evaluated in both directions (paper Table 5: TR = image->text, IR = text->image)
 BOTH_DIRECTIONS = ("flickr30k", "coco")
+# datasets with the class-level protocol (paper Table 6: TR R@1, IR AP@50; Reed et al., 2016)
+FINE_GRAINED = ("cub", "flowers")
+AP_K = 50
 TOPK_RECORDED = 10
 
 
@@ -148,6 +174,7 @@ def evaluate_model(
     resize: str = "pad",
     num_workers: int = 0,
     i2t: bool | None = None,
+    fine_grained: bool | None = None,
     share_min: int | None = None,
     progress: bool = True,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -155,7 +182,9 @@ def evaluate_model(
     :func:`evaluate_checkpoint` (metrics without ``meta``).
 
     ``i2t`` adds image→text retrieval under ``metrics["i2t"]`` (same keys, its own
-    ``first_stage``); default: on for Flickr30K/COCO.
+    ``first_stage``); default: on for Flickr30K/COCO. ``fine_grained`` adds the class-level
+    protocol instead (``metrics["i2t"]`` = images ranking the classes, ``metrics["ap50"]``,
+    ``metrics["class_level"]``); default: on for CUB/Flowers.
     """
     dev = resolve_device(device)
     amp = autocast_dtype(dtype)
@@ -204,7 +233,27 @@ def evaluate_model(
     }
     metrics["k"] = max(0, min(k, len(gallery)))
     metrics["layout"] = layout
-    if (i2t if i2t is not None else annotations.dataset.lower() in BOTH_DIRECTIONS) and k > 0:
+    name = annotations.dataset.lower()
+    if fine_grained if fine_grained is not None else name in FINE_GRAINED:
+        first_cls, final_cls, classes = class_level_scores(
+            model, text_tokens, queries.mask, queries.pids, sims, image_tokens, k,
+            layout=layout, pair_batch=pair_batch, image_block=image_block,
+            share_min=share_min, autocast_dtype=amp, progress=progress,
+        )  # fmt: skip
+        first = fine_grained_metrics(first_cls, classes, gallery.pids, AP_K)
+        final = fine_grained_metrics(final_cls, classes, gallery.pids, AP_K)
+        metrics["ap50"] = final["ap50"]
+        metrics["first_stage"]["ap50"] = first["ap50"]
+        metrics["i2t"] = dict(
+            final["i2t"], first_stage={key: first["i2t"][key] for key in METRIC_KEYS}
+        )
+        metrics["class_level"] = {
+            "num_classes": len(classes),
+            "num_images": len(gallery),
+            "ap_k": AP_K,
+            "k": metrics["k"],
+        }
+    elif (i2t if i2t is not None else name in BOTH_DIRECTIONS) and k > 0:
         scores_i2t = rerank_topk(
             model, text_tokens, queries.mask, sims, image_tokens, k, layout=layout,
             direction="i2t", pair_batch=pair_batch, image_block=image_block,
@@ -215,6 +264,47 @@ def evaluate_model(
         metrics["i2t"] = dict(final, first_stage={key: first[key] for key in METRIC_KEYS})
     topk = topk_records(annotations, annotations_path, split, queries, gallery, scores)
     return metrics, topk
+
+
+def class_level_scores(
+    model: nn.Module,
+    text_tokens: Tensor,
+    text_mask: Tensor,
+    text_pids: Tensor,
+    sims: Tensor,
+    image_tokens: Tensor,
+    k: int,
+    *,
+    layout: str = "ours",
+    pair_batch: int = 256,
+    image_block: int = 256,
+    share_min: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Class x image scores for the CUB/Flowers protocol (module docstring): (first stage
+    [C, G], final [C, G], class ids [C] ascending). ``k = 0``: final = first stage.
+
+    Every caption is re-ranked against its class's top ``k`` images (the class's first-stage
+    row), so all captions of a class score the same candidates and their ITM logits average
+    into the class's logits: ``Q x k`` pairs, as many as the caption-level re-ranking.
+    """
+    first, classes = class_average(sims, text_pids)
+    if k <= 0:
+        return first, first.clone(), classes
+    row_of = torch.searchsorted(classes, torch.as_tensor(text_pids).long().cpu())
+    result = rerank_logits(
+        model, text_tokens, text_mask, first[row_of], image_tokens, k,
+        pair_batch=pair_batch, image_block=image_block, share_min=share_min,
+        autocast_dtype=autocast_dtype, progress=progress,
+    )  # fmt: skip
+    logits, _ = class_average(result.itm_logits, text_pids)
+    topk_index = torch.zeros((len(classes), result.topk_index.shape[1]), dtype=torch.long)
+    topk_index[row_of] = result.topk_index  # the captions of a class share their candidates
+    if not torch.equal(topk_index[row_of], result.topk_index):
+        raise RasaError("class-level re-ranking: captions of one class got different candidates.")
+    final = compose_scores(first, RerankResult(topk_index, logits), layout)
+    return first, final, classes
 
 
 def rerank_k(variant: str | None, k_test: int) -> int:

@@ -29,6 +29,20 @@ Memory is bounded: queries are processed in chunks of ``chunk_rows`` rows, so at
 ICFG-PEDES test (19,848 x 19,848 = 394 M scores) never materialises its argsort.
 Image-to-text retrieval (Flickr30K/COCO) is :func:`retrieval_metrics` on the transpose:
 :func:`image_to_text_metrics`.
+
+Fine-grained retrieval on CUB/Flowers (paper Appendix A.3, Table 6; the class-level protocol of
+Reed et al., 2016, on disjoint test classes): every test class is one text query, its score
+against an image the mean of its captions' scores (:func:`class_average`; with a linear score
+this is the score of the averaged text embedding, the protocol's "average of the corresponding
+text embeddings"). :func:`fine_grained_metrics` gives
+
+- TR ``R@1`` (image→text): share of test images whose best-scoring class is their own (Reed's
+  top-1 zero-shot accuracy), the ``r1`` of the ``i2t`` block (images ranking the classes);
+- IR ``AP@50`` (text→image, :func:`ap_at_k`): "the percent of top-50 scoring images whose
+  class matches that of the text query, averaged over the test classes" (Reed et al.; RaSa:
+  "the average matching percentage of top-50 retrieved images of all test text classes").
+  The denominator is 50 (the gallery size if smaller), so a class with fewer than 50 images
+  cannot reach 100.
 """
 
 from __future__ import annotations
@@ -203,3 +217,51 @@ def top_indices(
         _top_block(scores[s : s + rows].to(dev), n).cpu() for s in range(0, scores.shape[0], rows)
     ]
     return torch.cat(parts) if parts else torch.empty(0, n, dtype=torch.long)
+
+
+def class_average(scores: Tensor, query_pids: Tensor | Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Mean of the rows of ``scores`` [Q, ...] over the queries of each id: ([C, ...] float32,
+    the C ids ascending). Sums in float64, so the result does not depend on the row order."""
+    qp = _as_tensor(query_pids, "query_pids")
+    if scores.shape[0] != len(qp) or len(qp) == 0:
+        raise RasaError(
+            f"scores has {scores.shape[0]} rows but there are {len(qp)} query ids; expected one "
+            "id per row (and at least one row)."
+        )
+    classes, inverse, counts = torch.unique(
+        qp, sorted=True, return_inverse=True, return_counts=True
+    )
+    total = torch.zeros((len(classes), *scores.shape[1:]), dtype=torch.float64)
+    total.index_add_(0, inverse, scores.detach().cpu().double())
+    shape = (-1,) + (1,) * (scores.dim() - 1)
+    return (total / counts.view(shape).double()).float(), classes
+
+
+def ap_at_k(
+    scores: Tensor,
+    query_pids: Tensor | Sequence[int],
+    gallery_pids: Tensor | Sequence[int],
+    k: int = 50,
+) -> float:
+    """Reed et al.'s AP@k in percent: the share of each query's top ``k`` gallery items (ranked
+    as in :func:`retrieval_metrics`) with the query's id, averaged over queries; ``k`` is capped
+    at the gallery size."""
+    qp, gp = _as_tensor(query_pids, "query_pids"), _as_tensor(gallery_pids, "gallery_pids")
+    _check(scores, qp, gp)
+    if k < 1:
+        raise RasaError(f"AP@k: expected k >= 1, got {k}.")
+    top = top_indices(scores, min(k, scores.shape[1]))
+    return 100.0 * (gp[top] == qp[:, None]).double().mean().item()
+
+
+def fine_grained_metrics(
+    class_scores: Tensor,
+    class_pids: Tensor | Sequence[int],
+    image_pids: Tensor | Sequence[int],
+    ap_k: int = 50,
+) -> dict[str, object]:
+    """Table 6's metrics from the class-level score matrix ``[C, G]`` (classes x images):
+    ``{"i2t": retrieval_metrics of images ranking the classes (``r1`` = TR R@1), "ap50":
+    AP@``ap_k`` of the classes ranking the images (IR)}``."""
+    i2t = retrieval_metrics(class_scores.t(), image_pids, class_pids)
+    return {"i2t": i2t, "ap50": ap_at_k(class_scores, class_pids, image_pids, ap_k)}
