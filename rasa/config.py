@@ -229,6 +229,12 @@ def dataset_paths(data_root: str, dataset: str, tokenizer: str) -> tuple[str, st
     return str(base / "annotations.json"), str(base / tokens_filename(tokenizer))
 
 
+def generator_path(tokens_path: str | Path) -> Path:
+    """Where the f-RTD generator of a token cache lives: beside it, ``<cache>.rtd_generator.pt``."""
+    p = Path(tokens_path)
+    return p.with_name(p.name + ".rtd_generator.pt")
+
+
 def resolve_experiment(
     params: dict[str, Any],
     name: str,

@@ -16,6 +16,12 @@ Paths (DESIGN.md, "Workflow and versioning"):
   ``metrics.json`` there is written last, so it marks a finished run
 - ``results/metrics/{experiment}.json`` and ``results/topk/{experiment}.json``: test metrics of
   the checkpoint selected on validation, and per-query top-10 (``rasa evaluate``)
+- ``data/{target}/tokens-{dataset}-{spec}.npz`` and ``results/{metrics,topk}/{experiment}--on-
+  {target}.json``: an experiment's ``test_on`` datasets (Table 7, domain generalisation): the
+  target's captions tokenized with the source cache's tokenizer (``cache:`` spec), the selected
+  checkpoint evaluated on the target's test split
+- ``{tokens}.rtd_generator.pt``: the f-RTD generator of a token cache (``rasa generator``), a
+  small MLM trained once on the training captions and shared by every f-RTD run of the dataset
 - ``results/{suite}/``: ``rasa report`` of the suite (README.md index, tables/, figures/,
   comparison.csv)
 """
@@ -27,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rasa.config import dataset_paths, load_params
+from rasa.config import dataset_paths, generator_path, load_params, tokens_filename
 from rasa.errors import ConfigError
 from rasa.io import write_text
 
@@ -73,6 +79,28 @@ class Dataset:
 
 
 @dataclass(frozen=True)
+class Transfer:
+    """The selected checkpoint of ``experiment`` tested on another dataset (Table 7)."""
+
+    experiment: str
+    target: str
+    annotations: str  # the target's
+    tokens: str  # the target's captions, the source run's tokenizer
+
+    @property
+    def name(self) -> str:
+        return f"{self.experiment}--on-{self.target}"
+
+    @property
+    def metrics(self) -> str:
+        return f"{RESULTS}/metrics/{self.name}.json"
+
+    @property
+    def topk(self) -> str:
+        return f"{RESULTS}/topk/{self.name}.json"
+
+
+@dataclass(frozen=True)
 class Run:
     experiment: str
     dataset: str
@@ -80,6 +108,8 @@ class Run:
     tokenizer: str
     annotations: str
     tokens: str
+    generator: str | None = None  # the f-RTD generator file the run reads, if any
+    transfers: tuple[Transfer, ...] = ()
 
     @property
     def train_dir(self) -> str:
@@ -102,8 +132,28 @@ class Plan:
 
     @property
     def tokens(self) -> dict[str, tuple[str, str]]:
-        """Token cache path -> (dataset, tokenizer spec)."""
-        return {r.tokens: (r.dataset, r.tokenizer) for r in self.runs.values()}
+        """Token cache path -> (dataset, tokenizer spec); a transfer cache's spec is
+        ``cache:<the source run's cache>``."""
+        out = {r.tokens: (r.dataset, r.tokenizer) for r in self.runs.values()}
+        for r in self.runs.values():
+            for t in r.transfers:
+                out[t.tokens] = (t.target, f"cache:{r.tokens}")
+        return out
+
+    @property
+    def transfers(self) -> dict[str, Transfer]:
+        return {t.name: t for r in self.runs.values() for t in r.transfers}
+
+    @property
+    def generators(self) -> dict[str, tuple[str, str]]:
+        """f-RTD generator path -> (annotations, token cache) it is trained from."""
+        return {r.generator: (r.annotations, r.tokens) for r in self.runs.values() if r.generator}
+
+    @property
+    def evaluations(self) -> list[tuple[str, str]]:
+        """(metrics, topk) of every test evaluation: runs, then transfers."""
+        out = [(r.metrics, r.topk) for _, r in sorted(self.runs.items())]
+        return out + [(t.metrics, t.topk) for _, t in sorted(self.transfers.items())]
 
     @property
     def report_dir(self) -> str:
@@ -132,6 +182,8 @@ class Plan:
         out |= set(self.tokens)
         for r in self.runs.values():
             out |= {r.train_dir, r.metrics, r.topk}
+        out |= set(self.generators)
+        out |= {f for t in self.transfers.values() for f in (t.metrics, t.topk)}
         out |= set(self.report_outputs)
         return out
 
@@ -155,10 +207,27 @@ def make_plan(params: dict[str, Any], suite: str | None = None) -> Plan:
         exp = params["experiments"][name]
         tok = exp.get("tokenizer") or params["backbones"][exp["backbone"]]["tokenizer"]
         ann, tokens = dataset_paths(root, exp["dataset"], tok)
-        spec = params["data"]["datasets"][exp["dataset"]]
-        datasets[exp["dataset"]] = Dataset(exp["dataset"], spec, ann)
-        runs[name] = Run(name, exp["dataset"], exp["backbone"], tok, ann, tokens)
+        datasets[exp["dataset"]] = _dataset(params, exp["dataset"], root, tok)
+        transfers = []
+        for target in exp.get("test_on", []):
+            if target not in params["data"]["datasets"]:
+                raise ConfigError(
+                    f"experiments.{name}.test_on: dataset {target!r} is not defined under "
+                    "data.datasets."
+                )
+            datasets.setdefault(target, _dataset(params, target, root, tok))
+            target_tokens = str(Path(root) / target / tokens_filename(f"{exp['dataset']}-{tok}"))
+            transfers.append(Transfer(name, target, datasets[target].annotations, target_tokens))
+        generator = str(generator_path(tokens)) if exp["variant"] == "f-rtd" else None
+        runs[name] = Run(
+            name, exp["dataset"], exp["backbone"], tok, ann, tokens, generator, tuple(transfers)
+        )
     return Plan(suite, datasets, runs)
+
+
+def _dataset(params: dict[str, Any], name: str, root: str, tokenizer: str) -> Dataset:
+    ann, _ = dataset_paths(root, name, tokenizer)
+    return Dataset(name, params["data"]["datasets"][name], ann)
 
 
 def dvc_grid(plan: Plan) -> dict[str, Any]:
@@ -179,14 +248,31 @@ def dvc_grid(plan: Plan) -> dict[str, Any]:
     }
     tokens = {
         f"{ds}-{Path(path).stem}": {"annotations": plan.datasets[ds].annotations,
-                                     "tokenizer": tok, "out": path}
+                                     "tokenizer": tok, "out": path,
+                                     # the source cache of a transfer cache (else a repeat)
+                                     "source": tok.partition("cache:")[2]
+                                     or plan.datasets[ds].annotations}
         for path, (ds, tok) in sorted(plan.tokens.items())
     }  # fmt: skip
     runs = {
         n: {"dataset": r.dataset, "backbone": r.backbone, "annotations": r.annotations,
             "tokens": r.tokens,
+            # f-RTD runs read the generator; other runs repeat the token cache (DVC allows it)
+            "generator": r.generator or r.tokens,
             "train_dir": r.train_dir, "metrics": r.metrics, "topk": r.topk}
         for n, r in sorted(plan.runs.items())
+    }  # fmt: skip
+    generators = {
+        f"{Path(tokens).parent.name}-{Path(tokens).stem}": {
+            "annotations": ann, "tokens": tokens, "out": path
+        }
+        for path, (ann, tokens) in sorted(plan.generators.items())
+    }  # fmt: skip
+    transfers = {
+        n: {"train_dir": plan.runs[t.experiment].train_dir, "target": t.target,
+            "annotations": t.annotations, "tokens": t.tokens,
+            "metrics": t.metrics, "topk": t.topk}
+        for n, t in sorted(plan.transfers.items())
     }  # fmt: skip
     return {
         "suite": plan.suite,
@@ -195,12 +281,13 @@ def dvc_grid(plan: Plan) -> dict[str, Any]:
         "parse": parse,
         "tokenize": tokens,
         "runs": runs,
+        "generators": generators,
+        "transfers": transfers,
         "report_annotations": plan.report_annotations,
         "report_dir": plan.report_dir,
         # one string: DVC cannot interpolate a list into a command
-        "report_inputs": " ".join(
-            f for _, r in sorted(plan.runs.items()) for f in (r.metrics, r.topk)
-        ),
+        "report_inputs": " ".join(f for pair in plan.evaluations for f in pair),
+        "report_runs": " ".join(r.train_dir for _, r in sorted(plan.runs.items())),
     }
 
 

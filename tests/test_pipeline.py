@@ -10,7 +10,9 @@
 
 Each project is a copy of the repository's tracked files (tests and the committed results
 excluded) whose params.yaml
-gets a suite ``ci``: SynthPEDES-CUHK with 12 identities, `cl` and `m-rtd`, a few steps each.
+gets a suite ``ci``: SynthPEDES-CUHK with 12 identities, `cl` and `m-rtd`, a few steps each;
+the m-rtd run is also tested on SynthPEDES-ICFG (Table 7's transfer: the target's captions
+tokenized with the source run's tokenizer).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -57,11 +60,13 @@ def make_project(dest: Path) -> Path:
         shutil.copy2(REPO / f, dest / f)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["data"]["datasets"]["synth-cuhk"]["ids"] = 12
+    params["data"]["datasets"]["synth-icfg"]["ids"] = 12
     for name, variant in zip(EXPERIMENTS, ("cl", "m-rtd"), strict=True):
         params["experiments"][name] = {
             "dataset": "synth-cuhk", "backbone": "tiny", "variant": variant, "seed": 0,
             "overrides": dict(TINY),
         }  # fmt: skip
+    params["experiments"]["ci-m-rtd"]["test_on"] = ["synth-icfg"]
     params["suites"]["ci"] = list(EXPERIMENTS)
     params["suite"] = "ci"
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -97,6 +102,19 @@ def test_local_snakemake_run_builds_the_suite(local_run):
     assert set(metrics(local_run)) == set(EXPERIMENTS)
     assert (local_run / "results" / "ci" / "README.md").is_file()  # the suite's report
     assert list((local_run / "results" / "ci" / "tables").glob("table4*.tex"))
+    transfer = json.loads(
+        (local_run / "results" / "metrics" / "ci-m-rtd--on-synth-icfg.json").read_text()
+    )
+    assert transfer["meta"]["dataset"] == "synth-icfg"
+    assert transfer["meta"]["source_dataset"] == "synth-cuhk"
+    assert list((local_run / "results" / "ci" / "tables").glob("table7*.tex"))
+    cross = local_run / "data" / "synth-icfg" / "tokens-synth-cuhk-wordpiece-2000.npz"
+    own = local_run / "data" / "synth-cuhk" / "tokens-wordpiece-2000.npz"
+    with np.load(cross) as a, np.load(own) as b:
+        assert (
+            json.loads(str(a["meta"]))["tokenizer_json"]
+            == json.loads(str(b["meta"]))["tokenizer_json"]
+        )
     # a second run has nothing to do
     proc = run([str(BIN / "snakemake"), "--profile", "workflow/profiles/local", "-n"], local_run)
     assert "Nothing to be done" in proc.stdout + proc.stderr

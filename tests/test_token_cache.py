@@ -129,3 +129,31 @@ def test_cli_tokenize(tmp_path):
     bad = [*cmd[:-4], "nonsense", *cmd[-3:]]
     proc = subprocess.run(bad, capture_output=True, text=True)
     assert proc.returncode == 2 and "nonsense" in proc.stderr
+
+
+def test_cache_spec_reuses_another_caches_tokenizer(tmp_path):
+    """Table 7: a target dataset tokenized with the vocabulary learnt on the source dataset."""
+    write_table(tmp_path / "src.json")
+    src = build_cache(tmp_path / "src.json", "wordpiece:60", tmp_path / "src.npz", max_len=16)
+    target = [
+        ("A child in a green hat.",),
+        ("A man in a black jacket.",),
+        ("Grey coat.",),
+        ("Woman, red bag.",),
+    ]
+    write_table(tmp_path / "dst.json", target)
+    spec = f"cache:{tmp_path / 'src.npz'}"
+    dst = build_cache(tmp_path / "dst.json", spec, tmp_path / "dst.npz", max_len=16)
+    own = build_cache(tmp_path / "dst.json", "wordpiece:60", tmp_path / "own.npz", max_len=16)
+    assert dst.meta["vocab_size"] == src.meta["vocab_size"]
+    assert dst.tokenizer().get_vocab() == src.tokenizer().get_vocab()
+    assert own.tokenizer().get_vocab() != src.tokenizer().get_vocab()
+    # the same caption gets the same ids in both datasets; unseen words fall back to pieces/[UNK]
+    np.testing.assert_array_equal(dst.ids[1], src.ids[0])
+    assert dst.meta["spec"] == spec and dst.meta["dataset"] == "tiny"
+
+
+def test_cache_spec_of_a_missing_cache_names_it(tmp_path):
+    write_table(tmp_path / "dst.json")
+    with pytest.raises(DataError, match="nope.npz: token cache not found"):
+        build_cache(tmp_path / "dst.json", f"cache:{tmp_path / 'nope.npz'}", tmp_path / "d.npz")

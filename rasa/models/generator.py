@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from rasa.config import generator_path as default_generator_path
 from rasa.errors import ConfigError
 from rasa.io import torch_save
 from rasa.models.bert import MLMHead, TextEncoder, init_bert_weights
@@ -253,12 +254,6 @@ def train_generator_from_cache(
     )
 
 
-def default_generator_path(tokens_path: str | os.PathLike) -> Path:
-    """Where the trained generator of a token cache lives: beside it, ``<cache>.rtd_generator.pt``."""
-    p = Path(tokens_path)
-    return p.with_name(p.name + ".rtd_generator.pt")
-
-
 def load_or_train_generator(
     cfg: Any, annotations: Any, cache: Any, device: str | torch.device = "cpu", **kwargs: Any
 ) -> nn.Module:
@@ -276,8 +271,23 @@ def load_or_train_generator(
     user = extra.get("rtd_generator")
     if user:
         return load_generator(user, vocab_size=cache.vocab_size).to(device)
+    return ensure_generator(
+        annotations, cache, default_generator_path(cfg.tokens), device, **kwargs
+    )
+
+
+def ensure_generator(
+    annotations: Any,
+    cache: Any,
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    **kwargs: Any,
+) -> nn.Module:
+    """The generator at ``path`` if it was trained on this very cache (its ``cache_key``), else
+    one trained now on the cache's training captions (seed 0) and written there atomically.
+    ``rasa generator`` calls this as the workflow's own step, before the f-RTD runs."""
     key = str(cache.meta.get("key", ""))
-    path = default_generator_path(cfg.tokens)
+    path = Path(path)
     if path.is_file():
         try:
             gen = load_generator(path, vocab_size=cache.vocab_size)

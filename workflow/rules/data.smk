@@ -70,6 +70,11 @@ rule parse:
 rule tokenize:
     input:
         annotations="data/{dataset}/annotations.json",
+        # a transfer cache (Table 7) reuses the source run's tokenizer: `cache:<source cache>`
+        source=lambda w: PLAN.tokens[f"data/{w.dataset}/tokens-{w.spec}.npz"][1].partition(
+            "cache:"
+        )[2]
+        or [],
     output:
         tokens="data/{dataset}/tokens-{spec}.npz",
     log:
@@ -85,3 +90,23 @@ rule tokenize:
     shell:
         "{params.cli} data tokenize --annotations {input.annotations} "
         "--tokenizer {params.tokenizer} --out {output.tokens} > {log} 2>&1"
+
+
+rule generator:
+    input:
+        annotations="data/{dataset}/annotations.json",
+        tokens="data/{dataset}/tokens-{spec}.npz",
+    output:
+        generator="data/{dataset}/tokens-{spec}.npz.rtd_generator.pt",
+    log:
+        "logs/generator/{dataset}-{spec}.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=step_resources("data")["mem_mb"],
+        runtime=step_resources("data")["runtime"],
+    params:
+        cli=RASA,
+    shell:
+        "{params.cli} generator --annotations {input.annotations} --tokens {input.tokens} "
+        "--out {output.generator} > {log} 2>&1"

@@ -3,8 +3,9 @@
 
 rule report:
     input:
-        metrics=[r.metrics for r in PLAN.runs.values()],
-        topk=[r.topk for r in PLAN.runs.values()],
+        metrics=[m for m, _ in PLAN.evaluations],
+        topk=[t for _, t in PLAN.evaluations],
+        runs=[f"{r.train_dir}/metrics.json" for r in PLAN.runs.values()],
         annotations=PLAN.report_annotations,
     output:
         index=PLAN.report,
@@ -20,7 +21,8 @@ rule report:
         params_file=PARAMS,
         suite=PLAN.suite,
         out=lambda w, output: os.path.dirname(output.index),
+        runs=[r.train_dir for r in PLAN.runs.values()],
     shell:
         "{params.cli} report --results {input.metrics} {input.topk} --out {params.out} "
         "--params {params.params_file} --suite {params.suite} --annotations {input.annotations} "
-        "> {log} 2>&1"
+        "--runs {params.runs} > {log} 2>&1"

@@ -11,6 +11,7 @@ rule train:
     input:
         annotations=lambda w: PLAN.runs[w.experiment].annotations,
         tokens=lambda w: PLAN.runs[w.experiment].tokens,
+        generator=lambda w: PLAN.runs[w.experiment].generator or [],
     output:
         done="checkpoints/{experiment}/metrics.json",
     log:
@@ -56,4 +57,33 @@ rule evaluate:
     shell:
         "{params.cli} evaluate --checkpoint {params.checkpoint} --annotations {input.annotations} "
         "--tokens {input.tokens} --split test "
+        "--out {output.metrics} --topk-out {output.topk} > {log} 2>&1"
+
+
+rule evaluate_transfer:
+    # Table 7: the selected checkpoint on another dataset's test split (domain generalisation)
+    input:
+        done="checkpoints/{experiment}/metrics.json",
+        annotations=lambda w: PLAN.transfers[f"{w.experiment}--on-{w.target}"].annotations,
+        tokens=lambda w: PLAN.transfers[f"{w.experiment}--on-{w.target}"].tokens,
+    output:
+        metrics="results/metrics/{experiment}--on-{target}.json",
+        topk="results/topk/{experiment}--on-{target}.json",
+    log:
+        "logs/evaluate/{experiment}--on-{target}.log",
+    wildcard_constraints:
+        target=regex({t.target for t in PLAN.transfers.values()}),
+    conda:
+        ENV
+    threads: lambda w: run_resources(w, "threads")
+    resources:
+        mem_mb=lambda w: run_resources(w, "mem_mb"),
+        runtime=lambda w: run_resources(w, "runtime"),
+        gpu=lambda w: run_resources(w, "gpus"),
+    params:
+        cli=RASA,
+        checkpoint="checkpoints/{experiment}/checkpoint_best.pt",
+    shell:
+        "{params.cli} evaluate --checkpoint {params.checkpoint} --annotations {input.annotations} "
+        "--tokens {input.tokens} --split test --dataset {wildcards.target} "
         "--out {output.metrics} --topk-out {output.topk} > {log} 2>&1"
