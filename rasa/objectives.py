@@ -67,9 +67,10 @@ class LossConfig:
     """Weights and rates of RaSa's losses (paper §4.1 values by default).
 
     ``alpha`` is the *final* distillation weight; the step receives the current (warmed-up)
-    value as an argument. ``official_semantics=True`` reproduces the official code's quirks
-    (MLM distillation ``log_softmax`` over the sequence axis, RTD generator sampling at every
-    position, unclamped temperature) for comparisons; the default is the correct behaviour.
+    value as an argument. The official code's quirks (MLM distillation ``log_softmax`` over
+    the sequence axis, RTD generator sampling at every position, unclamped temperature) are
+    not switched here but by the model's ``ModelConfig.official_semantics``, which
+    :func:`rasa.engine.step.compute_losses` reads: one switch, so model and losses agree.
     """
 
     lambda_prd: float = 0.5  # λ1
@@ -83,7 +84,6 @@ class LossConfig:
     mask_rule: tuple[float, float] = (0.8, 0.1)  # masked → [MASK], → random token; rest kept
     alpha: float = 0.4
     temp_range: tuple[float, float] = (0.001, 0.5)  # ALBEF's clamp of the learnable τ
-    official_semantics: bool = False
     tokens: SpecialTokens = field(default_factory=SpecialTokens)
 
     def __post_init__(self) -> None:

@@ -55,9 +55,10 @@ def fixture(request):
     return d, inputs, outputs
 
 
-def _model(d: Path):
+def _model(d: Path, official_semantics: bool = False):
     torch.manual_seed(0)
-    return load_official(d / "checkpoint.pth").eval()  # eval: dropout off, as the fixture
+    model = load_official(d / "checkpoint.pth", official_semantics=official_semantics)
+    return model.eval()  # eval: dropout off, as the fixture
 
 
 def _alpha(d: Path) -> float:
@@ -124,7 +125,7 @@ PARITY_CASES = [
 )
 def test_training_step_cl_prd_and_queues(fixture, variant, official):
     d, inputs, outputs = fixture
-    model = _model(d)
+    model = _model(d, official_semantics=official)  # the one switch: the model's config
     batch = {
         "image1": inputs["train_image1"],
         "image2": inputs["train_image2"],
@@ -135,7 +136,7 @@ def test_training_step_cl_prd_and_queues(fixture, variant, official):
         "pid": inputs["train_idx"],
         "replace": inputs["train_replace"],
     }
-    cfg = LossConfig(official_semantics=official)  # bert-base-uncased special ids
+    cfg = LossConfig()  # bert-base-uncased special ids
     rng = torch.Generator().manual_seed(0)
     losses = compute_losses(model, batch, variant, cfg, float(inputs["train_alpha"]), rng=rng)
     assert set(losses) == {*variant.loss_names, "loss"}

@@ -52,9 +52,9 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def make_model():
+def make_model(official_semantics: bool = False):
     torch.manual_seed(0)
-    return create_model("tiny", **SMALL)
+    return create_model("tiny", **SMALL, official_semantics=official_semantics)
 
 
 def make_batch(pids=(0, 0, 1, 2), replace=(0, 1, 0, 0), seed=0):
@@ -91,8 +91,8 @@ def tiny_generator():
     return freeze(FixedGenerator(cfg))
 
 
-def run(model, variant, official=False, alpha=0.4, batch=None, generator=None, seed=0):
-    cfg = LossConfig(tokens=TOK, official_semantics=official)
+def run(model, variant, alpha=0.4, batch=None, generator=None, seed=0):
+    cfg = LossConfig(tokens=TOK)
     if generator is None and variant.rtd == "fixed":
         generator = tiny_generator()
     rng = torch.Generator().manual_seed(seed)
@@ -213,9 +213,9 @@ def test_momentum_text_stack_runs_once_for_mlm_and_m_rtd():
 
 
 def test_official_semantics_computes_full_vocabulary_logits_for_the_quirk():
-    model = make_model()
+    model = make_model(official_semantics=True)  # the one switch: the model's config
     spy = Spy(model, ["mlm_logits"])
-    run(model, get_variant("mlm"), official=True)
+    run(model, get_variant("mlm"))
     assert (("mlm_logits", False, B * L)) in spy.calls
 
 

@@ -19,7 +19,8 @@ computed once per image and gathered for every pair; vocabulary logits exist onl
 positions that need them; the momentum text stack runs once for both the MLM soft labels and
 the m-RTD generator (the official runs it twice); a variant computes only what it uses (``cl``
 never runs the fusion encoder, no MLM forward without MLM, no generator without RTD).
-``LossConfig.official_semantics`` switches to the official quirks (see :mod:`rasa.objectives`).
+The model's ``config.official_semantics`` (the one switch; :class:`rasa.models.ModelConfig`)
+selects the official quirks (see :mod:`rasa.objectives`).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def compute_losses(
     text_tokens = model.encode_text(text2_ids, text2_mask)
     image_feat = model.image_embed(image_tokens)
     text_feat = model.text_embed(text_tokens)
-    temp = model.temp if cfg.official_semantics else model.temp.clamp(*cfg.temp_range)
+    temp = model.temperature(cfg.temp_range)  # unclamped under official semantics
 
     # 2. momentum update, then momentum features
     needs_momentum_image = variant.cl or (variant.mlm and alpha > 0) or variant.rtd == "momentum"
@@ -228,7 +229,7 @@ def _sensitivity_aware(
     ids, mask = batch["text1_ids"], batch["text1_mask"]
     bsz, length = ids.shape
     vocab = model.config.vocab_size
-    tok, official = cfg.tokens, cfg.official_semantics
+    tok, official = cfg.tokens, model.config.official_semantics
     out: dict[str, Tensor] = {}
 
     mlm_ids = mlm_pos = mlm_labels = None

@@ -59,7 +59,9 @@ class ModelConfig:
     queue_size: int = 65536
     momentum: float = 0.995
     temp: float = 0.07
-    # official_semantics=True reproduces the official code (unclamped temperature).
+    # The one switch for the official code's quirks (unclamped temperature, MLM distillation
+    # over the sequence axis, RTD sampling at every position): read by the model and by the
+    # training step (rasa.engine.step), so it travels with the checkpoint's model config.
     official_semantics: bool = False
     # std of the normal init of the BERT side (BERT: 0.02); used only for weights not loaded.
     init_std: float = 0.02

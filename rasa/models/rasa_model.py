@@ -129,7 +129,8 @@ class RaSaModel(nn.Module):
         return self.itm_head(fused[:, 0])
 
     def prd_logits(self, fused: Tensor) -> Tensor:
-        """PRD logits [B, 2] from the fused CLS (class 1 = strong positive)."""
+        """PRD logits [B, 2] from the fused CLS (class 1 = weak positive, ``replace`` = 1;
+        class 0 = strong positive; :func:`rasa.objectives.prd_loss`)."""
         return self.prd_head(fused[:, 0])
 
     def rtd_logits(self, fused: Tensor) -> Tensor:
@@ -145,11 +146,12 @@ class RaSaModel(nn.Module):
         head = self.mlm_head_m if momentum else self.mlm_head
         return head(rows)
 
-    def temperature(self) -> Tensor:
-        """The contrastive temperature: clamped to [0.001, 0.5] unless official semantics."""
+    def temperature(self, clamp_range: tuple[float, float] = (TEMP_MIN, TEMP_MAX)) -> Tensor:
+        """The contrastive temperature: clamped to ``clamp_range`` (ALBEF's [0.001, 0.5]),
+        unclamped under ``config.official_semantics`` as in the official code."""
         if self.config.official_semantics:
             return self.temp
-        return self.temp.clamp(TEMP_MIN, TEMP_MAX)
+        return self.temp.clamp(*clamp_range)
 
     def forward(self, images: Tensor, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Unimodal embeddings (image [B, E], text [B, E]); losses live in ``rasa.objectives``."""
