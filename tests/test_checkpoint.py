@@ -10,6 +10,7 @@ import torch
 
 from rasa.engine.checkpoint import (
     load_checkpoint,
+    rank_rng_state,
     restore,
     rng_state,
     save_checkpoint,
@@ -76,3 +77,28 @@ def test_model_only_checkpoint_and_bad_files(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(DataError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_every_rank_restores_its_own_random_states(tmp_path):
+    model, gen = Tiny(), torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters())
+    states = []
+    for rank in range(2):  # what all_gather_object collects under DDP
+        torch.manual_seed(10 + rank)
+        gen.manual_seed(20 + rank)
+        states.append(rng_state(gen))
+    save_checkpoint(tmp_path / "c.pt", model=model, optimizer=opt, step=1, epoch=0,
+                    step_in_epoch=1, config={}, generator=gen, rng_per_rank=states)  # fmt: skip
+    state = load_checkpoint(tmp_path / "c.pt")
+    draws = []
+    for rank in range(3):  # rank 2: a world larger than the saved one gets rank 0's states
+        restore(state, model=model, generator=gen, rank=rank)
+        draws.append(_draws(gen))
+    assert draws[0] != draws[1] and draws[2] == draws[0]
+    torch.manual_seed(11)
+    assert draws[1][2] == float(torch.rand(1))  # rank 1's own torch stream
+    # a checkpoint of an older version (rank 0's states only) still loads on every rank
+    old = {k: v for k, v in state.items() if k != "rng_per_rank"}
+    assert rank_rng_state(old, 1) is old["rng"]
+    restore(old, model=model, generator=gen, rank=1)
+    assert _draws(gen) == draws[0]

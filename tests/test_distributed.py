@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -106,3 +108,66 @@ def test_two_gloo_processes_match_one_process_with_accumulation(tmp_path):
     assert dist(a, b) > 0
     # measured: 0.106 vs 0.225 (the queue effect only; unsynchronised gradients give ~1x)
     assert dist(a, b) < 0.75 * dist(a, c), (dist(a, b), dist(a, c))
+
+
+def _resume_worker(rank: int, world: int, port: int, cfg_dict: dict, out: str, stop_at: int,
+                   resume: bool) -> None:  # fmt: skip
+    """One rank of a run; SIGTERM to rank 1 only after step ``stop_at`` (0 = never)."""
+    from rasa.config import ExperimentConfig
+    from rasa.engine.train import Preempted, train
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))  # fmt: skip
+
+    def term(step: int) -> None:
+        if step == stop_at and rank == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg = ExperimentConfig.from_dict(cfg_dict)
+    try:
+        train(cfg, out, device="cpu", resume=resume, progress=False, dvclive=False, on_step=term)
+    except Preempted:
+        assert stop_at, "preempted without a signal"
+    finally:
+        D.cleanup()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_resume_bit_identical(tmp_path):
+    """2 ranks, SIGTERM to rank 1 at step 2, --resume: same weights and metrics as no stop.
+
+    m-RTD with dropout on: every rank draws from its own random streams (dropout, masks,
+    negatives, generator samples), so a resume that gave rank 1 rank 0's states would differ.
+    Rank 0 checkpoints although only rank 1 got the signal (the decision is reduced).
+    """
+    from test_train import deterministic, micro_config  # noqa: PLC0415 - shared fixture helpers
+
+    from rasa.data.formats import parse_to_file
+    from rasa.data.synth import generate
+    from rasa.data.token_cache import build_cache
+    from rasa.engine.checkpoint import load_checkpoint
+
+    generate("cuhk", n_ids=30, seed=0, out=tmp_path / "raw", progress=False)
+    parse_to_file("auto", tmp_path / "raw", tmp_path / "ann.json")
+    build_cache(tmp_path / "ann.json", "wordpiece:300", tmp_path / "tok.npz")
+    data = (tmp_path / "ann.json", tmp_path / "tok.npz")
+    extra = ("train.batch_size=16", "train.max_steps=4", "train.epochs=1")
+    cfg = micro_config(data, "m-rtd", extra).to_dict()
+
+    def launch(out: str, stop_at: int, resume: bool) -> None:
+        args = (2, _free_port(), cfg, str(tmp_path / out), stop_at, resume)
+        torch.multiprocessing.spawn(_resume_worker, args=args, nprocs=2)
+
+    launch("ref", 0, False)
+    launch("cut", 2, False)
+    state = load_checkpoint(tmp_path / "cut/checkpoint_last.pt")
+    assert state["step"] == 2 and len(state["rng_per_rank"]) == 2
+    assert not (tmp_path / "cut/metrics.json").exists()
+    launch("cut", 0, True)
+    ref, cut = (load_checkpoint(tmp_path / d / "checkpoint_last.pt") for d in ("ref", "cut"))
+    assert ref["step"] == cut["step"] == 4
+    for k, v in ref["model"].items():
+        assert torch.equal(v, cut["model"][k]), k
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("ref", "cut"))
+    assert deterministic(a) == deterministic(b)

@@ -82,7 +82,8 @@ def bench_train_step(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Median seconds of one full optimizer step; returns the JSON-able record."""
-    from rasa.engine.train import _Step, make_loss_config, param_groups, pick_device
+    from rasa.engine.runtime import make_loss_config, param_groups, pick_device
+    from rasa.engine.train import StepModule
     from rasa.models import create_model
     from rasa.variants import get_variant
 
@@ -111,7 +112,7 @@ def bench_train_step(
 
     opt = torch.optim.AdamW(param_groups(model, _TC), weight_decay=0.02)
     loss_cfg = make_loss_config({}, type("C", (), {"meta": SPECIALS})())
-    step = _Step(model, var, loss_cfg, None)
+    step = StepModule(model, var, loss_cfg, None)
     mc = model.config
     batch = random_batch(batch_size, tuple(mc.image_size), mc.vocab_size)
     batch = {k: v.to(dev) for k, v in batch.items()}

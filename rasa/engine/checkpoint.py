@@ -3,9 +3,12 @@
 One dict (nanoGPT style) holds the model state (momentum encoders and queues are buffers or
 parameters of the model, so they come along), the optimizer, the scheduler position, the step,
 epoch and position inside the epoch, every random state (Python, NumPy, torch CPU/CUDA and the
-step's own generator), the resolved config, the best-validation record and the curves so far.
-A checkpoint saved mid-epoch and loaded by ``rasa train --resume`` continues with the same
-batches and the same random draws, so a killed and resumed run ends with the same metrics.
+step's own generator) of every process, the resolved config, the best-validation record and
+the curves so far. A checkpoint saved mid-epoch and loaded by ``rasa train --resume`` continues
+with the same batches and the same random draws, so a killed and resumed run ends with the same
+metrics, also under DDP: ``rng_per_rank[r]`` holds rank ``r``'s states and each rank restores
+its own (``rng`` = rank 0's, the only one that checkpoints of one process or of older versions
+hold).
 """
 
 from __future__ import annotations
@@ -71,8 +74,15 @@ def save_checkpoint(
     config: dict[str, Any],
     generator: torch.Generator | None = None,
     extra: dict[str, Any] | None = None,
+    rng_per_rank: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Write a resumable checkpoint atomically (a kill mid-write leaves the old one)."""
+    """Write a resumable checkpoint atomically (a kill mid-write leaves the old one).
+
+    ``rng_per_rank``: the :func:`rng_state` of every process, in rank order (gathered by the
+    caller under DDP); by default this process's states, with ``generator``'s.
+    """
+    if rng_per_rank is None:
+        rng_per_rank = [rng_state(generator)]
     inner = unwrap(model)
     state = {
         "version": CHECKPOINT_VERSION,
@@ -82,7 +92,8 @@ def save_checkpoint(
         "step": step,
         "epoch": epoch,
         "step_in_epoch": step_in_epoch,
-        "rng": rng_state(generator),
+        "rng": rng_per_rank[0],
+        "rng_per_rank": rng_per_rank,
         "config": config,
         **(extra or {}),
     }
@@ -129,9 +140,20 @@ def restore(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     generator: torch.Generator | None = None,
+    rank: int = 0,
 ) -> None:
-    """Load model/optimizer/random states from a checkpoint dict (in place)."""
+    """Load model/optimizer/random states from a checkpoint dict (in place).
+
+    The random states are those of process ``rank`` when the checkpoint holds them; a
+    checkpoint of one process (or of a smaller world) gives the others rank 0's.
+    """
     unwrap(model).load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"], generator)
+    set_rng_state(rank_rng_state(state, rank), generator)
+
+
+def rank_rng_state(state: dict[str, Any], rank: int) -> dict[str, Any]:
+    """The random states of process ``rank`` in a checkpoint (rank 0's when it has none)."""
+    per_rank = state.get("rng_per_rank") or []
+    return per_rank[rank] if rank < len(per_rank) else state["rng"]

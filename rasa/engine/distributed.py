@@ -86,6 +86,15 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     return box[0]
 
 
+def all_gather_object(obj: object) -> list[object]:
+    """``obj`` of every process, in rank order (picklable objects); ``[obj]`` on one process."""
+    if not is_initialized():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def micro_batch_size(batch_size: int, world_size: int, grad_accum: int) -> int:
     """Per-process micro-batch; the global batch must split evenly."""
     parts = world_size * grad_accum

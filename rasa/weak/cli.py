@@ -48,13 +48,19 @@ def cmmt_settings(params: dict | None, sets: list[str]) -> dict:
 
 def _train(args: argparse.Namespace) -> int:
     from rasa.engine.cli import resolve_run
+    from rasa.engine.loop import EX_TEMPFAIL, Preempted
     from rasa.weak.train import train_cmmt
 
     cfg, params = resolve_run(args)
-    metrics = train_cmmt(
-        cfg, args.out, device=args.device, resume=args.resume, progress=not args.no_progress,
-        dvclive=not args.no_dvclive, cmmt=cmmt_settings(params, args.cmmt_sets),
-    )  # fmt: skip
+    try:
+        metrics = train_cmmt(
+            cfg, args.out, device=args.device, resume=args.resume,
+            progress=not args.no_progress, dvclive=not args.no_dvclive,
+            cmmt=cmmt_settings(params, args.cmmt_sets),
+        )  # fmt: skip
+    except Preempted as exc:
+        print(f"{exc}; checkpoint saved, exit {EX_TEMPFAIL} (requeue and run with --resume)")
+        return EX_TEMPFAIL
     keys = ("r1", "r5", "r10", "mAP", "mINP")
     print(json.dumps({k: metrics.get(k) for k in keys} | {"first_stage": metrics["first_stage"]}))
     return 0

@@ -20,8 +20,10 @@ schedule, checkpoints, logs, validation-based selection and metrics.json), with:
 
 Per re-clustering the true ids are read, AFTER clustering and only for the report, to give the
 adjusted Rand index (metrics.json "pseudo_labels"). One process (no DDP). Datasets without a val
-split use :func:`rasa.engine.train.carve_validation` (held-out identities: an evaluation split,
-as in supervised training). Reuses private helpers of :mod:`rasa.engine.train`.
+split use :func:`rasa.engine.runtime.carve_validation` (held-out identities: an evaluation split,
+as in supervised training). Run state, checkpoints (which also hold the pseudo labels),
+preemption (SIGTERM/SIGUSR1 -> checkpoint, exit 75), model selection and the final report are
+those of the supervised loop (:mod:`rasa.engine.loop`).
 """
 
 from __future__ import annotations
@@ -38,27 +40,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from rasa.config import ExperimentConfig
 from rasa.engine import distributed as D
-from rasa.engine.checkpoint import (
-    BEST,
-    LAST,
-    load_checkpoint,
-    restore,
-    save_checkpoint,
-    save_model_checkpoint,
-)
-from rasa.engine.train import (  # noqa: PLC2701 - private helpers reused on purpose
-    CurveLogger,
-    _final_report,
-    _flat,
-    _progress,
-    alpha_at,
+from rasa.engine.loop import PreemptionSignals, TrainingRun
+from rasa.engine.runtime import (
+    Schedule,
     build_model,
-    carve_validation,
-    evaluate_split,
-    lr_factor,
+    load_training_data,
     make_loss_config,
+    make_optimizer,
     move_to,
-    param_groups,
     pick_device,
     seed_everything,
 )
@@ -206,7 +195,7 @@ def cmmt_losses(model, batch, labels: torch.Tensor, phrase_ids, cc: CMMTConfig, 
     pair = batch["pair_index"].view(-1)
     image_feat = model.image_embed(model.encode_image(batch["image1"]))
     text_feat = model.text_embed(model.encode_text(batch["text1_ids"], batch["text1_mask"]))
-    temp = model.temp.clamp(*loss_cfg.temp_range)
+    temp = model.temperature(loss_cfg.temp_range)
     with torch.no_grad():
         model.momentum_update()
         image_feat_m = model.image_embed(model.encode_image(batch["image2"], momentum=True), True)
@@ -259,17 +248,12 @@ def train_cmmt(
 
     ``on_step(step)`` is called after every optimizer step (monitoring, tests).
     """
-    from rasa.data.annotations import Annotations
     from rasa.data.dataset import TrainDataset, collate
-    from rasa.data.token_cache import load_cache
     from rasa.io import write_json
 
     cc = CMMTConfig.from_any(cmmt if cmmt is not None else getattr(cfg, "cmmt", None))
-    out, tc, dev, t_start = Path(out), cfg.train, pick_device(device), time.time()
-    ann = Annotations.load(cfg.annotations)
-    cache = load_cache(cfg.tokens)
-    cache.check_matches(ann, cfg.annotations)
-    ann, val_note = carve_validation(ann, tc.val_from_train)
+    tc, dev, t_start = cfg.train, pick_device(device), time.time()
+    ann, cache, val_note = load_training_data(cfg)
     loss_cfg = make_loss_config(cfg.loss, cache)
 
     seed_everything(cfg.seed)
@@ -284,110 +268,68 @@ def train_cmmt(
     assert len(texts) == len(pairs)
     phrase_ids, _ = phrase_vocabulary([noun_phrases(t) for t in texts])
     n = len(pairs)
-    steps_per_epoch = D.steps_per_epoch(n, tc.batch_size)
-    if steps_per_epoch == 0:
-        raise ConfigError(f"{cfg.annotations}: {n} train pairs < train.batch_size {tc.batch_size}.")
-    total_steps = tc.epochs * steps_per_epoch
-    if tc.max_steps is not None:
-        total_steps = min(total_steps, tc.max_steps)
-    warmup_steps = round(tc.warmup_epochs * steps_per_epoch)
-    optimizer = torch.optim.AdamW(param_groups(model, tc), weight_decay=tc.weight_decay)
+    schedule = Schedule.from_config(n, tc, cfg.annotations)
+    optimizer = make_optimizer(model, tc)
     generator = torch.Generator(device=dev).manual_seed(cfg.seed * 1000)
 
-    step, epoch, step_in_epoch = 0, 0, 0
-    record: dict[str, Any] = {"best": None, "val_curve": [], "train_seconds": 0.0, "pseudo": []}
     labels: torch.Tensor | None = None
-    last_path, best_path = out / LAST, out / BEST
-    if resume and last_path.is_file():
-        state = load_checkpoint(last_path, map_location=dev)
-        restore(state, model=model, optimizer=optimizer, generator=generator)
-        step, epoch, step_in_epoch = state["step"], state["epoch"], state["step_in_epoch"]
-        record, labels = state["record"], state["pseudo_labels"]
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.yaml")
-    write_json(out / "cmmt_config.json", asdict(cc))
-    log = CurveLogger(out, enabled=True, resume=resume and step > 0, dvclive=dvclive)
-    log.text(
+    run = TrainingRun(
+        cfg, out, model=model, optimizer=optimizer, generator=generator, schedule=schedule,
+        first_stage_selection=True,  # no ITM training in CMMT
+        extra_state=lambda: {"pseudo_labels": labels, "cmmt": asdict(cc)},
+    )  # fmt: skip
+    run.record["pseudo"] = []
+    state = run.resume(resume)
+    if state is not None:
+        labels = state["pseudo_labels"]
+    log = run.open_log(
+        dvclive,
         f"CMMT experiment {cfg.name}: {cfg.dataset} / {cfg.backbone}, seed {cfg.seed}; {n} "
-        f"pairs (no identities), {steps_per_epoch} steps/epoch, {total_steps} steps; device "
-        f"{dev}; cmmt {asdict(cc)}. {val_note}"
+        f"pairs (no identities), {schedule.steps_per_epoch} steps/epoch, "
+        f"{schedule.total_steps} steps; device {dev}; cmmt {asdict(cc)}. {val_note}",
     )
+    write_json(run.out / "cmmt_config.json", asdict(cc))
 
-    def checkpoint(path: Path) -> None:
-        save_checkpoint(
-            path, model=model, optimizer=optimizer, step=step, epoch=epoch,
-            step_in_epoch=step_in_epoch, config=cfg.to_dict(), generator=generator,
-            extra={"record": record, "pseudo_labels": labels, "cmmt": asdict(cc)},
-        )  # fmt: skip
-
-    while epoch < tc.epochs and step < total_steps:
-        if epoch < cc.instance_epochs:  # warm-up: every pair its own pseudo identity
-            labels = torch.arange(n, device=dev)
-        elif labels is None or (
-            step_in_epoch == 0 and (epoch - cc.instance_epochs) % cc.recluster_every_epochs == 0
-        ):
-            t0 = time.time()
-            img_f, txt_f, pair_image = extract_features(model, ann, cfg, cache, pairs, cc, dev)
-            lab, stats = pseudo_labels(img_f, txt_f, pair_image, cc)
-            stats = label_quality(stats, pairs, ann, pair_image)  # true ids: report only
-            labels = torch.from_numpy(lab).to(dev)
-            record["pseudo"].append({"epoch": epoch + 1, "seconds": time.time() - t0, **stats})
-            log.text(f"pseudo labels epoch {epoch + 1}: {stats}")
-        pairs.set_epoch(epoch)
-        plan = D.micro_batches(n, tc.batch_size, cfg.seed, epoch, start_step=step_in_epoch)
-        loader = DataLoader(
-            pairs, batch_sampler=[mb for chunks in plan for mb in chunks], collate_fn=collate,
-            num_workers=tc.num_workers, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
-        )  # fmt: skip
-        model.train()
-        bar = _progress(progress, len(plan), f"cmmt epoch {epoch + 1}/{tc.epochs}")
-        t_epoch = time.time()
-        for batch in loader:
-            factor = lr_factor(step, total_steps, warmup_steps, tc.min_lr_ratio)
-            for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * factor
-            alpha = alpha_at(loss_cfg.alpha, tc.alpha_warmup, epoch, step_in_epoch, steps_per_epoch)
-            batch = move_to(batch, dev)
-            losses = cmmt_losses(model, batch, labels, phrase_ids, cc, loss_cfg, alpha)
-            losses["loss"].backward()
-            if tc.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_grad)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step, step_in_epoch = step + 1, step_in_epoch + 1
-            values = {k: float(v.detach()) for k, v in losses.items()}
-            if step % tc.log_every_steps == 0 or step_in_epoch == steps_per_epoch:
-                log.step(step, {**values, "lr": optimizer.param_groups[0]["lr"]})
-            if bar is not None:
-                bar.set_postfix(loss=f"{values['loss']:.3f}")
-                bar.update(1)
-            if on_step is not None:
-                on_step(step)
-            if step >= total_steps:
-                break
-        if bar is not None:
-            bar.close()
-        record["train_seconds"] += time.time() - t_epoch
-        epoch_for_log = epoch
-        if step_in_epoch == steps_per_epoch:
-            epoch, step_in_epoch = epoch + 1, 0
-        last = epoch >= tc.epochs or step >= total_steps
-        if (epoch % tc.eval_every_epochs == 0 or last) and ann.split("val"):
-            val = evaluate_split(model, ann, cfg, cache, "val")
-            metric = val["first_stage"][cfg.eval.select_metric]  # no ITM training in CMMT
-            record["val_curve"].append({"epoch": epoch_for_log + 1, "step": step, **_flat(val)})
-            log.eval(step, "val", val)
-            if record["best"] is None or metric > record["best"]["value"]:
-                record["best"] = {"epoch": epoch_for_log + 1, "step": step, "value": metric,
-                                  "metric": f"first_stage.{cfg.eval.select_metric}"}  # fmt: skip
-                save_model_checkpoint(
-                    best_path, model=model, config=cfg.to_dict(), record=record["best"]
+    with PreemptionSignals() as signals:
+        while run.epoch < tc.epochs and run.step < schedule.total_steps:
+            epoch = run.epoch
+            if epoch < cc.instance_epochs:  # warm-up: every pair its own pseudo identity
+                labels = torch.arange(n, device=dev)
+            elif labels is None or (
+                run.step_in_epoch == 0
+                and (epoch - cc.instance_epochs) % cc.recluster_every_epochs == 0
+            ):
+                t0 = time.time()
+                img_f, txt_f, pair_image = extract_features(model, ann, cfg, cache, pairs, cc, dev)
+                lab, stats = pseudo_labels(img_f, txt_f, pair_image, cc)
+                stats = label_quality(stats, pairs, ann, pair_image)  # true ids: report only
+                labels = torch.from_numpy(lab).to(dev)
+                run.record["pseudo"].append(
+                    {"epoch": epoch + 1, "seconds": time.time() - t0, **stats}
                 )
-        checkpoint(last_path)
+                log.text(f"pseudo labels epoch {epoch + 1}: {stats}")
+            pairs.set_epoch(epoch)
+            plan = D.micro_batches(n, tc.batch_size, cfg.seed, epoch, start_step=run.step_in_epoch)
+            loader = DataLoader(
+                pairs, batch_sampler=[mb for chunks in plan for mb in chunks], collate_fn=collate,
+                num_workers=tc.num_workers,
+                generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
+            )  # fmt: skip
+            model.train()
+            run.start_epoch(len(plan), progress, f"cmmt epoch {epoch + 1}/{tc.epochs}")
+            for batch in loader:
+                schedule.set_lr(optimizer, run.step)
+                alpha = run.alpha(loss_cfg.alpha)
+                batch = move_to(batch, dev)
+                losses = cmmt_losses(model, batch, labels, phrase_ids, cc, loss_cfg, alpha)
+                losses["loss"].backward()
+                run.optimizer_step(tc.clip_grad)
+                values = {k: float(v.detach()) for k, v in losses.items()}
+                if run.end_step(values, signals, on_step):
+                    break
+            run.end_epoch(ann, cache, signals)
 
-    metrics = _final_report(model, ann, cfg, cache, record, out, val_note, t_start, log)
-    metrics["pseudo_labels"] = record["pseudo"]
-    metrics["meta"].update(method="cmmt", variant="cmmt")
-    write_json(out / "metrics.json", metrics)
-    log.close()
-    return metrics
+    return run.final_report(
+        ann, cache, val_note, t_start, extra={"pseudo_labels": run.record["pseudo"]},
+        meta={"method": "cmmt", "variant": "cmmt"},
+    )  # fmt: skip
