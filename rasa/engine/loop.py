@@ -124,11 +124,13 @@ class TrainingRun:
 
     @property
     def select_name(self) -> str:
+        """The metric of model selection as recorded (``r1`` or ``first_stage.r1``)."""
         name = self.cfg.eval.select_metric
         return f"first_stage.{name}" if self.first_stage_selection else name
 
     @property
     def device(self) -> torch.device:
+        """Where the model's parameters are."""
         return next(unwrap(self.model).parameters()).device
 
     # ---- start ---------------------------------------------------------------------------
