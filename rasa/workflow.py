@@ -78,18 +78,10 @@ class Dataset:
         )
 
 
-@dataclass(frozen=True)
-class Transfer:
-    """The selected checkpoint of ``experiment`` tested on another dataset (Table 7)."""
+class _Evaluated:
+    """A test evaluation's two files, named after :attr:`name`."""
 
-    experiment: str
-    target: str
-    annotations: str  # the target's
-    tokens: str  # the target's captions, the source run's tokenizer
-
-    @property
-    def name(self) -> str:
-        return f"{self.experiment}--on-{self.target}"
+    name: str
 
     @property
     def metrics(self) -> str:
@@ -101,7 +93,21 @@ class Transfer:
 
 
 @dataclass(frozen=True)
-class Run:
+class Transfer(_Evaluated):
+    """The selected checkpoint of ``experiment`` tested on another dataset (Table 7)."""
+
+    experiment: str
+    target: str
+    annotations: str  # the target's
+    tokens: str  # the target's captions, the source run's tokenizer
+
+    @property
+    def name(self) -> str:
+        return f"{self.experiment}--on-{self.target}"
+
+
+@dataclass(frozen=True)
+class Run(_Evaluated):
     experiment: str
     dataset: str
     backbone: str
@@ -112,16 +118,12 @@ class Run:
     transfers: tuple[Transfer, ...] = ()
 
     @property
+    def name(self) -> str:
+        return self.experiment
+
+    @property
     def train_dir(self) -> str:
         return f"{CHECKPOINTS}/{self.experiment}"
-
-    @property
-    def metrics(self) -> str:
-        return f"{RESULTS}/metrics/{self.experiment}.json"
-
-    @property
-    def topk(self) -> str:
-        return f"{RESULTS}/topk/{self.experiment}.json"
 
 
 @dataclass(frozen=True)
