@@ -73,9 +73,9 @@ class Dataset:
 
     @property
     def format(self) -> str:
-        return {"cuhk": "cuhk-pedes", "icfg": "icfg-pedes", "rstp": "rstpreid"}.get(
-            self.spec.get("preset", ""), self.spec.get("format", "auto")
-        )
+        from rasa.data.synth import PARSE_FORMATS
+
+        return PARSE_FORMATS.get(self.spec.get("preset", ""), self.spec.get("format", "auto"))
 
 
 class _Evaluated:
