@@ -1,6 +1,6 @@
 """Training runs in the report: curves of ``checkpoints/<experiment>/`` and CMMT's pseudo labels.
 
-What the trainers write and this module reads (rasa/engine/train.py ``CurveLogger``,
+What the trainers write and this module reads (rasa/engine/curves.py ``CurveLogger``,
 rasa/weak/train.py):
 
 - ``curve/plots/metrics/train/<key>.tsv`` (dvclive; columns ``step``, ``<key>``) with keys
