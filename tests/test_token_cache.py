@@ -157,3 +157,20 @@ def test_cache_spec_of_a_missing_cache_names_it(tmp_path):
     write_table(tmp_path / "dst.json")
     with pytest.raises(DataError, match="nope.npz: token cache not found"):
         build_cache(tmp_path / "dst.json", f"cache:{tmp_path / 'nope.npz'}", tmp_path / "d.npz")
+
+
+def test_generator_cli_trains_once_beside_the_cache(tmp_path):
+    """`rasa generator` (the workflow's f-RTD step) writes <tokens>.rtd_generator.pt once."""
+    from rasa.cli import main
+    from rasa.models.generator import load_generator
+
+    write_table(tmp_path / "ann.json")
+    build_cache(tmp_path / "ann.json", "wordpiece:60", tmp_path / "tok.npz", max_len=16)
+    argv = ["generator", "--annotations", str(tmp_path / "ann.json"),
+            "--tokens", str(tmp_path / "tok.npz"), "--steps", "2"]  # fmt: skip
+    assert main(argv) == 0
+    path = tmp_path / "tok.npz.rtd_generator.pt"
+    stamp = path.stat().st_mtime_ns
+    gen = load_generator(path, vocab_size=load_cache(tmp_path / "tok.npz").vocab_size)
+    assert gen.meta["cache_key"] == load_cache(tmp_path / "tok.npz").meta["key"]
+    assert main(argv) == 0 and path.stat().st_mtime_ns == stamp  # same cache: left as is

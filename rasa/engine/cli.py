@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--annotations", required=True, help="annotation table (.json)")
     p.add_argument("--tokens", required=True, help="token cache (.npz) of that table")
     p.add_argument("--out", help="generator file (default: <tokens>.rtd_generator.pt)")
+    p.add_argument("--steps", type=int, default=1000, help="MLM training steps (default 1000)")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_generator)
 
@@ -159,7 +160,7 @@ def _generator(args: argparse.Namespace) -> int:
     cache = load_cache(args.tokens)
     cache.check_matches(ann, args.annotations)
     out = args.out or generator_path(args.tokens)
-    ensure_generator(ann, cache, out, args.device)
+    ensure_generator(ann, cache, out, args.device, steps=args.steps)
     print(f"{out}: f-RTD generator of {args.tokens}")
     return 0
 
