@@ -71,6 +71,26 @@ def test_every_synthetic_suite_builds_a_dag(suite):
     assert snakemake_outputs(REPO, f"suite={suite}") == make_plan(params, suite).outputs()
 
 
+def test_dvc_declares_the_synth_suite_too(tmp_path):
+    """The synth suite has the stages quick lacks (f-RTD generator, Table 7 transfers)."""
+    files = subprocess.run(
+        ["git", "ls-files", "dvc.yaml", "params.yaml", ".dvc", "workflow"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    for f in files:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, tmp_path / f)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["suite"] = "synth"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (tmp_path / GRID_FILE).write_text(grid_text(tmp_path / "params.yaml"))
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    outputs = dvc_outputs(tmp_path)
+    assert outputs == make_plan(params, "synth").outputs()
+    assert any(o.endswith(".rtd_generator.pt") for o in outputs)
+    assert any("--on-" in o for o in outputs)
+
+
 def test_paper_suite_without_data_says_where_to_put_it():
     proc = _snakemake("-n", "--forceall", "--cores", "1", "--config", "suite=paper")
     assert proc.returncode != 0
