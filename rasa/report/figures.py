@@ -137,14 +137,17 @@ def load_topk(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_image_root(topk: Mapping[str, Any], annotations: str | Path | None = None) -> Path:
-    """The directory the top-k image paths are relative to: from the annotation table when
-    given, else the ``image_root`` recorded in the top-k file."""
+    """The directory the top-k image paths are relative to: the ``image_root`` recorded in the
+    top-k file when it exists here (each run's own dataset), else the annotation table's."""
+    recorded = topk.get("image_root")
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
     if annotations is not None:
         from rasa.data.annotations import Annotations
 
         return Annotations.load(annotations).resolve_image_root(annotations)
-    if topk.get("image_root"):
-        return Path(topk["image_root"])
+    if recorded:
+        return Path(recorded)
     raise DataError(
         "top-k file has no 'image_root'; pass the annotation table (--annotations) to find "
         "the images."
