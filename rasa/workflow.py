@@ -142,6 +142,10 @@ class Plan:
                 out[t.tokens] = (t.target, f"cache:{r.tokens}")
         return out
 
+    def token_source(self, path: str) -> str | None:
+        """The cache whose tokenizer the token cache ``path`` reuses (a transfer's), else None."""
+        return self.tokens[path][1].partition("cache:")[2] or None
+
     @property
     def transfers(self) -> dict[str, Transfer]:
         return {t.name: t for r in self.runs.values() for t in r.transfers}
@@ -182,10 +186,9 @@ class Plan:
         out = {d.raw for d in self.datasets.values() if d.generated}
         out |= {d.annotations for d in self.datasets.values()}
         out |= set(self.tokens)
-        for r in self.runs.values():
-            out |= {r.train_dir, r.metrics, r.topk}
+        out |= {r.train_dir for r in self.runs.values()}
+        out |= {f for pair in self.evaluations for f in pair}
         out |= set(self.generators)
-        out |= {f for t in self.transfers.values() for f in (t.metrics, t.topk)}
         out |= set(self.report_outputs)
         return out
 
@@ -252,7 +255,7 @@ def dvc_grid(plan: Plan) -> dict[str, Any]:
         f"{ds}-{Path(path).stem}": {"annotations": plan.datasets[ds].annotations,
                                      "tokenizer": tok, "out": path,
                                      # the source cache of a transfer cache (else a repeat)
-                                     "source": tok.partition("cache:")[2]
+                                     "source": plan.token_source(path)
                                      or plan.datasets[ds].annotations}
         for path, (ds, tok) in sorted(plan.tokens.items())
     }  # fmt: skip

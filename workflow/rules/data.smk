@@ -71,10 +71,7 @@ rule tokenize:
     input:
         annotations="data/{dataset}/annotations.json",
         # a transfer cache (Table 7) reuses the source run's tokenizer: `cache:<source cache>`
-        source=lambda w: PLAN.tokens[f"data/{w.dataset}/tokens-{w.spec}.npz"][1].partition(
-            "cache:"
-        )[2]
-        or [],
+        source=lambda w: PLAN.token_source(f"data/{w.dataset}/tokens-{w.spec}.npz") or [],
     output:
         tokens="data/{dataset}/tokens-{spec}.npz",
     log:

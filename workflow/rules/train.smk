@@ -64,8 +64,8 @@ rule evaluate_transfer:
     # Table 7: the selected checkpoint on another dataset's test split (domain generalisation)
     input:
         done="checkpoints/{experiment}/metrics.json",
-        annotations=lambda w: PLAN.transfers[f"{w.experiment}--on-{w.target}"].annotations,
-        tokens=lambda w: PLAN.transfers[f"{w.experiment}--on-{w.target}"].tokens,
+        annotations=lambda w: transfer(w).annotations,
+        tokens=lambda w: transfer(w).tokens,
     output:
         metrics="results/metrics/{experiment}--on-{target}.json",
         topk="results/topk/{experiment}--on-{target}.json",
