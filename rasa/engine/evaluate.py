@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from rasa.data.annotations import Annotations
 from rasa.data.dataset import ImageDataset, split_captions
+from rasa.data.formats import datasets_with_protocol
 from rasa.data.token_cache import TokenCache, load_cache
 from rasa.engine.metrics import (
     METRIC_KEYS,
@@ -60,9 +61,9 @@ from rasa.io import write_json
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 # datasets evaluated in both directions (paper Table 5: TR = image->text, IR = text->image)
-BOTH_DIRECTIONS = ("flickr30k", "coco")
+BOTH_DIRECTIONS = datasets_with_protocol("both")
 # datasets with the class-level protocol (paper Table 6: TR R@1, IR AP@50; Reed et al., 2016)
-FINE_GRAINED = ("cub", "flowers")
+FINE_GRAINED = datasets_with_protocol("class")
 AP_K = 50
 TOPK_RECORDED = 10
 

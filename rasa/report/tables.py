@@ -30,8 +30,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rasa.data.formats import DATASETS
 from rasa.report.paper import load_paper_results, other_value, paper_value
 from rasa.report.results import Run, sweep_point
+from rasa.variants import VARIANTS
 
 METRIC_LABELS = {
     "r1": "R@1",
@@ -46,15 +48,7 @@ METRIC_LABELS = {
     "ir_r10": "IR R@10",
     "ir_ap50": "IR AP@50",
 }
-DATASET_LABELS = {
-    "cuhk": "CUHK-PEDES",
-    "icfg": "ICFG-PEDES",
-    "rstp": "RSTPReid",
-    "flickr30k": "Flickr30K (1K test)",
-    "coco": "COCO (5K test)",
-    "cub": "CUB",
-    "flowers": "Flowers",
-}
+DATASET_LABELS = {d.key: d.label for d in DATASETS}
 PREAMBLE_PACKAGES = ("booktabs", "multirow", "makecell", "threeparttable", "xcolor", "caption")
 OURS_COLOR = "blue!55!black"
 
@@ -112,18 +106,7 @@ class TableSpec:
 
 _M4 = ("r1", "r5", "r10", "mAP")
 _OURS = RowRule("RaSa (Ours)", {"variant": "m-rtd"})
-TABLE4_VARIANTS = {
-    "ITC + IMC": "cl",
-    "ITM": "itm",
-    "s-ITM": "s-itm",
-    "p-ITM": "p-itm",
-    "ITM + PRD": "itm-prd",
-    "p-ITM + PRD": "p-itm-prd",
-    "MLM": "mlm",
-    "MLM + f-RTD": "f-rtd",
-    "MLM + o-RTD": "o-rtd",
-    "MLM + m-RTD": "m-rtd",
-}
+TABLE4_VARIANTS = {v.label: v.name for v in VARIANTS.values()}  # paper row -> variant
 SPECS: dict[int, TableSpec] = {
     1: TableSpec(
         1, "Comparison with other methods on CUHK-PEDES.", _M4, (_OURS,), ("dataset", "backbone")
