@@ -56,6 +56,7 @@ from rasa.engine.ranking import (
     rerank_logits,
     rerank_topk,
 )
+from rasa.engine.test_scores import evaluation_key, load_scores
 from rasa.errors import ConfigError, DataError, RasaError
 from rasa.io import write_json
 
@@ -419,7 +420,9 @@ def evaluate_checkpoint(
 
     ``resize`` defaults to the run's training setting ("stretch" for official checkpoints);
     ``k`` to the run's ``eval.k_test`` (128 without one), and to 0 — no re-ranking — for a
-    variant that never trained its ITM head (:func:`rerank_k`). Returns the metrics as written.
+    variant that never trained its ITM head (:func:`rerank_k`). Scores the training run stored
+    beside the checkpoint under the same key are reused (:mod:`rasa.engine.test_scores`).
+    Returns the metrics as written.
     """
     model, config = load_model_for_eval(checkpoint)
     if k is None:
@@ -427,12 +430,22 @@ def evaluate_checkpoint(
     if resize is None:
         resize = config.get("resize") or (config.get("train") or {}).get("resize") or "pad"
     ann = Annotations.load(annotations)
-    metrics, topk = evaluate_model(
-        model, ann, annotations, tokens, split,
-        k=k, batch_size=batch_size, pair_batch=pair_batch, image_block=image_block,
-        device=device, dtype=dtype, layout=layout, resize=resize, num_workers=num_workers,
-        progress=progress,
+    key = evaluation_key(
+        checkpoint, annotations, tokens, split, k=k, batch_size=batch_size, dtype=dtype,
+        resize=resize, device=resolve_device(device), layout=layout, pair_batch=pair_batch,
+        image_block=image_block,
     )  # fmt: skip
+    stored = load_scores(checkpoint, key)
+    if stored is not None:  # scored by the training run: the same checkpoint, data, settings
+        metrics, topk = stored
+        print(f"evaluate: {checkpoint} was scored on {split} by its training run: reused")
+    else:
+        metrics, topk = evaluate_model(
+            model, ann, annotations, tokens, split,
+            k=k, batch_size=batch_size, pair_batch=pair_batch, image_block=image_block,
+            device=device, dtype=dtype, layout=layout, resize=resize, num_workers=num_workers,
+            progress=progress,
+        )  # fmt: skip
     info = _meta_from_config(config)
     info.update(
         dataset=info.get("dataset") or ann.dataset,
