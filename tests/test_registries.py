@@ -8,6 +8,7 @@ from conftest import ROOT
 
 from rasa.cli import build_parser
 from rasa.config import SWEEP_LOSS_KEYS, _schema, load_params
+from rasa.data.annotations import SPLITS
 from rasa.data.formats import DATASETS, PAPER_STATS, dataset_key, list_formats
 from rasa.data.synth import PARSE_FORMATS, PRESETS
 from rasa.engine.evaluate import BOTH_DIRECTIONS, FINE_GRAINED
@@ -57,6 +58,8 @@ def test_params_backbones_are_registered_models():
 def test_cli_choices_come_from_the_registries():
     assert set(_choices("data", "parse", "--format")) == {"auto", *list_formats()}
     assert set(_choices("data", "synth", "--preset")) == set(PRESETS)
+    assert _choices("evaluate", "--split") == SPLITS
+    assert list(_choices("bench", "train-step", "--variant")) == list_variants()
 
 
 def test_every_format_reads_a_declared_dataset_and_back():
