@@ -63,6 +63,12 @@ class Variant:
         return self.itm is not None or self.prd or self.mlm or self.rtd is not None
 
     @property
+    def needs_generator(self) -> bool:
+        """Whether a run needs the fixed RTD generator trained beforehand (f-RTD:
+        ``rasa generator``, :mod:`rasa.models.generator`)."""
+        return self.rtd == "fixed"
+
+    @property
     def loss_names(self) -> tuple[str, ...]:
         """The named losses :func:`rasa.engine.step.compute_losses` returns (besides ``loss``)."""
         names = []

@@ -36,6 +36,7 @@ from typing import Any
 from rasa.config import dataset_paths, generator_path, load_params, tokens_filename
 from rasa.errors import ConfigError
 from rasa.io import write_text
+from rasa.variants import get_variant
 
 CHECKPOINTS = "checkpoints"
 RESULTS = "results"
@@ -223,7 +224,8 @@ def make_plan(params: dict[str, Any], suite: str | None = None) -> Plan:
             datasets.setdefault(target, _dataset(params, target, root, tok))
             target_tokens = str(Path(root) / target / tokens_filename(f"{exp['dataset']}-{tok}"))
             transfers.append(Transfer(name, target, datasets[target].annotations, target_tokens))
-        generator = str(generator_path(tokens)) if exp["variant"] == "f-rtd" else None
+        needs = get_variant(exp["variant"]).needs_generator
+        generator = str(generator_path(tokens)) if needs else None
         runs[name] = Run(
             name, exp["dataset"], exp["backbone"], tok, ann, tokens, generator, tuple(transfers)
         )

@@ -34,3 +34,60 @@ def slurm():
     yield
     if "UP" not in was_up.stdout:  # leave a cluster we found running as it was
         subprocess.run(["bash", str(ROOT / "scripts" / "slurm_down.sh")], timeout=60)
+
+
+# ---- shared set-ups ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and fair to a shared CPU. Use it per module
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def micro_sets() -> list[str]:
+    """``--set`` items that make the ``tiny`` backbone of params.yaml the registered ``micro``
+    one (its model fields that differ from tiny's, and those params.yaml sets for tiny)."""
+    import json
+    from dataclasses import fields
+
+    import yaml
+
+    from rasa.models.registry import MICRO, TINY
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    set_by_params = set(params["backbones"]["tiny"].get("model", {}))
+    out = []
+    for f in fields(MICRO):
+        value = getattr(MICRO, f.name)
+        if f.name != "name" and (value != getattr(TINY, f.name) or f.name in set_by_params):
+            out.append(
+                f"model.{f.name}={json.dumps(list(value) if isinstance(value, tuple) else value)}"
+            )
+    return out
+
+
+def synth_set(root: Path, n_ids: int, vocab: int, seed: int = 0) -> tuple[Path, Path]:
+    """A SynthPEDES CUHK-PEDES set of ``n_ids`` identities in ``root``, parsed and tokenized
+    (``wordpiece:<vocab>``): (annotations.json, tokens.npz)."""
+    from rasa.data.formats import parse_to_file
+    from rasa.data.synth import generate
+    from rasa.data.token_cache import build_cache
+
+    generate("cuhk", n_ids=n_ids, seed=seed, out=root / "raw", progress=False)
+    parse_to_file("auto", root / "raw", root / "annotations.json")
+    build_cache(root / "annotations.json", f"wordpiece:{vocab}", root / "tokens.npz")
+    return root / "annotations.json", root / "tokens.npz"
+
+
+def micro_config(ann: Path, tok: Path, variant: str = "m-rtd", extra: tuple[str, ...] = ()):
+    """An experiment of params.yaml on the ``micro`` model and the given data, ``extra`` sets
+    applied last."""
+    from rasa.config import load_params, resolve_experiment
+
+    sets = [*micro_sets(), f"variant={variant}", f"annotations={ann}", f"tokens={tok}", *extra]
+    return resolve_experiment(load_params(ROOT / "params.yaml"), "synth-cuhk-tiny-cl", sets)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rasa.cli import main
-from rasa.data import formats
+from rasa.data import formats, synth
 from rasa.data.annotations import Annotations, Record
 from rasa.data.formats import (
     PAPER_STATS,
@@ -540,7 +540,6 @@ def test_cli_exit_codes_and_one_paragraph_error(tmp_path):
     "preset, fmt", [("cuhk", "cuhk-pedes"), ("icfg", "icfg-pedes"), ("rstp", "rstpreid")]
 )
 def test_synthpedes_presets_parse_back(tmp_path, preset, fmt):
-    synth = pytest.importorskip("rasa.data.synth")
     stats = synth.generate(preset, n_ids=12, seed=0, out=tmp_path / preset, progress=False)
     lines = []
     ann = parse_dataset("auto", tmp_path / preset, log=lines.append)

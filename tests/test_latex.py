@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import missing_tool
 
-from rasa.report.cli import compile_latex
+from rasa.report.aggregate import build_our_tables
+from rasa.report.build import compile_latex
+from rasa.report.latex import PREAMBLE_PACKAGES, render_table
 from rasa.report.results import run_from_record
-from rasa.report.tables import PREAMBLE_PACKAGES, build_our_tables, render_table
 
 
 def _require(*tools: str) -> None:

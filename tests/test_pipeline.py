@@ -126,6 +126,9 @@ def test_snakemake_outputs_brought_under_dvc_lock(local_run):
     assert "up to date" in status, status
 
 
+# The inner `timeout 900` (then the subprocess's 960 s) must cut first: pytest's default 600 s
+# would kill the whole session without Snakemake's log.
+@pytest.mark.timeout(1200)
 def test_slurm_profile_runs_jobs_through_sbatch_with_equal_results(slurm, local_run, tmp_path):
     project = make_project(tmp_path)
     proc = run(

@@ -12,7 +12,9 @@ from PIL import Image
 from rasa.cli import main
 from rasa.errors import DataError
 from rasa.report import figures
+from rasa.report.aggregate import aggregate, build_our_tables
 from rasa.report.curves import plot_run_curves, read_curves, read_run
+from rasa.report.latex import latex_escape, method_label, render_table
 from rasa.report.paper import CSV_PATH, FIG4, KEY, load_paper_results, paper_value, table_frame
 from rasa.report.results import (
     dataset_key,
@@ -21,15 +23,7 @@ from rasa.report.results import (
     run_from_record,
     sweep_point,
 )
-from rasa.report.tables import (
-    SPECS,
-    TABLE4_VARIANTS,
-    aggregate,
-    build_our_tables,
-    latex_escape,
-    method_label,
-    render_table,
-)
+from rasa.report.tables import SPECS, TABLE4_VARIANTS
 
 
 def record(r1=10.0, mAP=5.0, **meta):

@@ -11,9 +11,11 @@ import pytest
 from rasa.cli import main
 from rasa.errors import DataError
 from rasa.report import curves, figures
+from rasa.report.aggregate import build_our_tables, comparison_rows
+from rasa.report.latex import render_table
 from rasa.report.paper import load_other_results, other_value, paper_value
 from rasa.report.results import load_runs
-from rasa.report.tables import SPECS, WEAK_SPEC, build_our_tables, comparison_rows, render_table
+from rasa.report.tables import SPECS, WEAK_SPEC
 
 
 def metrics(r1, *, r5=50.0, r10=60.0, mAP=40.0, **meta):
@@ -92,7 +94,7 @@ def test_weak_table_cells_and_paper_column(grid):
     assert (cmmt.mean, cmmt.n) == (6.0, 2)
     assert cell(weak, "cuhk", "CL (ITC + IMC)").mean == 11.0
     assert cell(weak, "cuhk", "RaSa (MLM + m-RTD)").mean == 22.0
-    assert weak.rows == [("cuhk", g, m) for g, m in WEAK_SPEC.own_rows]
+    assert weak.rows == [("cuhk", r.group, r.method) for r in WEAK_SPEC.own_rows]
     doc, fragment = render_table(weak)
     lines = {ln.split("&")[1].strip(): ln for ln in doc.splitlines() if ln.count("&") > 8}
     # paper numbers: CL and RaSa from Table 4; CMMT: no pinned number ('--')
@@ -110,6 +112,40 @@ def test_weak_table_other_datasets_and_empty():
     assert [m for _, _, m in empty.rows] == ["CMMT", "CL (ITC + IMC)", "RaSa (MLM + m-RTD)"]
     doc, _ = render_table(empty)
     assert "No run of ours" in doc and "76.51" in doc
+
+
+def test_a_new_report_table_is_one_declaration(grid, tmp_path, monkeypatch):
+    """A table not in the paper, declared once, is aggregated, rendered and indexed."""
+    from rasa.report.build import build_report
+    from rasa.report.tables import ALL_SPECS, OwnRow, Reference, RowRule, TableSpec
+
+    spec = TableSpec(
+        "seeds",
+        "CL vs RaSa over seeds.",
+        ("r1", "mAP"),
+        (),
+        ("dataset",),
+        own_rows=(
+            OwnRow(
+                "ours",
+                RowRule("CL", {"variant": "cl"}),
+                {"cuhk": Reference("cuhk", "ITC + IMC", 4)},
+            ),
+            OwnRow("ours", RowRule("RaSa", {"variant": "m-rtd"})),
+        ),
+        own_datasets=("cuhk",),
+        index_name="Seeds",
+    )
+    monkeypatch.setitem(ALL_SPECS, "seeds", spec)
+    (table,) = build_our_tables("seeds", grid)
+    assert (cell(table, "cuhk", "CL").mean, cell(table, "cuhk", "CL").n) == (11.0, 3)
+    assert cell(table, "cuhk", "RaSa").mean == 22.0 and table.rows[0] == ("cuhk", "ours", "CL")
+    doc, _ = render_table(table)
+    assert "61.35" in doc  # the paper's CL (Table 4) beside ours
+    made = build_report([tmp_path / "metrics"], tmp_path / "out", params=None)
+    index = made.readme.read_text()
+    assert "- Seeds: [`tables/table-seeds-synth-cuhk-300.tex`]" in index
+    assert (tmp_path / "out" / "tables" / "table-seeds-synth-cuhk-300.tex").is_file()
 
 
 def test_other_results_csv(tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from rasa.data import formats
 from rasa.data.synth import (
     META_FILE,
     RAW_FILES,
@@ -297,7 +298,6 @@ def test_cli_writes_files_and_reports_bad_args(tmp_path):
     "preset,fmt", [("cuhk", "cuhk-pedes"), ("icfg", "icfg-pedes"), ("rstp", "rstpreid")]
 )
 def test_parsers_read_synthpedes(made, tmp_path, preset, fmt):
-    formats = pytest.importorskip("rasa.data.formats")
     meta = _load(made[preset], META_FILE)
     for name in (fmt, "auto"):
         ann = formats.parse_to_file(name, made[preset], tmp_path / f"{name}.json")

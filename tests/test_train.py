@@ -14,43 +14,30 @@ import sys
 import time
 from pathlib import Path
 
+import conftest
 import pytest
 import torch
+from conftest import micro_sets, synth_set
 
-from rasa.config import load_params, resolve_experiment
 from rasa.engine.train import EX_TEMPFAIL, Preempted, alpha_at, lr_factor, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
-MICRO = [
-    "model.image_size=[32, 16]", "model.vision_width=32", "model.vision_depth=1",
-    "model.vision_mlp_dim=64", "model.text_width=32", "model.text_heads=2",
-    "model.text_intermediate=64", "model.num_layers=2", "model.fusion_layer=1",
-    "model.embed_dim=32", "model.queue_size=64", "model.max_position_embeddings=64",
+TRAIN = [
     "train.batch_size=16", "train.epochs=2", "train.eval_every_epochs=1", "train.num_workers=0",
-    "train.log_every_steps=2",
-    "train.ckpt_every_steps=0", "eval.k_test=8", "loss.alpha=0.4",
+    "train.log_every_steps=2", "train.ckpt_every_steps=0", "eval.k_test=8", "loss.alpha=0.4",
 ]  # fmt: skip
+MICRO = [*micro_sets(), *TRAIN]  # the micro model (rasa.models.registry) and a short run
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, Path]:
     """A 30-identity SynthPEDES CUHK-PEDES set, parsed and tokenized (a few seconds)."""
-    from rasa.data.formats import parse_to_file
-    from rasa.data.synth import generate
-    from rasa.data.token_cache import build_cache
-
-    root = tmp_path_factory.mktemp("synth")
-    generate("cuhk", n_ids=30, seed=0, out=root / "raw", progress=False)
-    parse_to_file("auto", root / "raw", root / "annotations.json")
-    build_cache(root / "annotations.json", "wordpiece:300", root / "tokens.npz")
-    return root / "annotations.json", root / "tokens.npz"
+    return synth_set(tmp_path_factory.mktemp("synth"), n_ids=30, vocab=300)
 
 
 def micro_config(data, variant: str = "m-rtd", extra: tuple[str, ...] = ()):
-    ann, tok = data
-    sets = [*MICRO, f"variant={variant}", f"annotations={ann}", f"tokens={tok}", *extra]
-    return resolve_experiment(load_params(ROOT / "params.yaml"), "synth-cuhk-tiny-cl", sets)
+    return conftest.micro_config(*data, variant, (*TRAIN, *extra))
 
 
 def deterministic(metrics: dict) -> dict:
@@ -74,7 +61,7 @@ def test_lr_schedule_and_alpha_warmup():
     assert alpha_at(0.4, True, 1, 0, 10) == 0.4 and alpha_at(0.4, False, 0, 0, 10) == 0.4
 
 
-def test_train_writes_outputs_and_resumes_exactly_after_sigterm(data, tmp_path):
+def test_train_writes_outputs_and_resumes_exactly_after_sigterm(data, tmp_path, capsys):
     cfg = micro_config(data, extra=("train.batch_size=32",))  # 5 steps per epoch
     ref = train(cfg, tmp_path / "ref", progress=False, dvclive=False)
     out = tmp_path / "ref"
@@ -100,6 +87,15 @@ def test_train_writes_outputs_and_resumes_exactly_after_sigterm(data, tmp_path):
     again = json.loads((tmp_path / "eval.json").read_text())
     assert again["r1"] == ref["r1"] and again["first_stage"] == ref["first_stage"]
     assert (tmp_path / "topk.json").is_file()
+    # ... by reusing the training run's scores of that checkpoint (test_scores.json), which
+    # equal a fresh evaluation's; another k scores afresh.
+    assert "scored on test by its training run: reused" in capsys.readouterr().out
+    reused, topk = again, (tmp_path / "topk.json").read_text()
+    (out / "test_scores.json").unlink()
+    assert main(args) == 0 and "reused" not in capsys.readouterr().out
+    fresh = json.loads((tmp_path / "eval.json").read_text())
+    assert {**fresh, "timing": None} == {**reused, "timing": None}
+    assert (tmp_path / "topk.json").read_text() == topk
 
     # Preempted at step 3 (mid epoch 1): checkpoint, Preempted; --resume finishes identically.
     def kill_at_3(step: int) -> None:

@@ -16,20 +16,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import micro_config, micro_sets, synth_set
 
-from rasa.config import load_params, resolve_experiment
 from rasa.weak.train import train_cmmt
 
 ROOT = Path(__file__).resolve().parent.parent
 
-MICRO = [
-    "model.image_size=[32, 16]", "model.vision_width=32", "model.vision_depth=1",
-    "model.vision_mlp_dim=64", "model.text_width=32", "model.text_heads=2",
-    "model.text_intermediate=64", "model.num_layers=2", "model.fusion_layer=1",
-    "model.embed_dim=32", "model.queue_size=16", "model.max_position_embeddings=64",
-    "train.batch_size=16", "train.epochs=2", "train.num_workers=0", "train.log_every_steps=1",
-    "train.ckpt_every_steps=0", "train.max_steps=4", "eval.k_test=4", "loss.alpha=0.4",
+TRAIN = [
+    "model.queue_size=16", "train.batch_size=16", "train.epochs=2", "train.num_workers=0",
+    "train.log_every_steps=1", "train.ckpt_every_steps=0", "train.max_steps=4", "eval.k_test=4",
+    "loss.alpha=0.4",
 ]  # fmt: skip
+MICRO = [*micro_sets(), *TRAIN]  # the micro model (rasa.models.registry) and a short run
 CMMT = {"min_samples": 2, "k1": 4, "k2": 2, "eps": 0.7, "feature_batch_size": 16}
 
 
@@ -37,14 +35,9 @@ CMMT = {"min_samples": 2, "k1": 4, "k2": 2, "eps": 0.7, "feature_batch_size": 16
 def data(tmp_path_factory) -> tuple[Path, Path, Path]:
     """A 12-identity SynthPEDES set + a copy whose train person ids are shuffled."""
     from rasa.data.annotations import Annotations
-    from rasa.data.formats import parse_to_file
-    from rasa.data.synth import generate
-    from rasa.data.token_cache import build_cache
 
     root = tmp_path_factory.mktemp("weak")
-    generate("cuhk", n_ids=12, seed=0, out=root / "raw", progress=False)
-    parse_to_file("auto", root / "raw", root / "annotations.json")
-    build_cache(root / "annotations.json", "wordpiece:200", root / "tokens.npz")
+    synth_set(root, n_ids=12, vocab=200)
     ann = Annotations.load(root / "annotations.json")
     train = [i for i, r in enumerate(ann.records) if r.split == "train"]
     pids = np.asarray([ann.records[i].pid for i in train])
@@ -58,8 +51,7 @@ def data(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 
 def _run(ann: Path, tok: Path, out: Path) -> dict:
-    sets = [*MICRO, f"annotations={ann}", f"tokens={tok}"]
-    cfg = resolve_experiment(load_params(ROOT / "params.yaml"), "synth-cuhk-tiny-cl", sets)
+    cfg = micro_config(ann, tok, "cl", tuple(TRAIN))
     return train_cmmt(cfg, out, device="cpu", progress=False, dvclive=False, cmmt=CMMT)
 
 
@@ -159,8 +151,7 @@ def test_rasa_train_runs_a_method_cmmt_experiment(data, tmp_path, capsys):
 @pytest.mark.slow
 def test_cmmt_resume_after_an_epoch_is_bit_identical(data, tmp_path):
     ann, _, tok = data
-    sets = [*MICRO, "train.max_steps=null", f"annotations={ann}", f"tokens={tok}"]
-    cfg = resolve_experiment(load_params(ROOT / "params.yaml"), "synth-cuhk-tiny-cl", sets)
+    cfg = micro_config(ann, tok, "cl", (*TRAIN, "train.max_steps=null"))
     kw = {"device": "cpu", "progress": False, "dvclive": False, "cmmt": CMMT}
     full = train_cmmt(cfg, tmp_path / "full", **kw)
 
@@ -185,8 +176,7 @@ def test_control_supervised_training_does_see_the_shuffled_ids(data, tmp_path):
     ann, shuffled, tok = data
     states = []
     for path, name in ((ann, "a"), (shuffled, "b")):
-        sets = [*MICRO, f"annotations={path}", f"tokens={tok}"]
-        cfg = resolve_experiment(load_params(ROOT / "params.yaml"), "synth-cuhk-tiny-cl", sets)
+        cfg = micro_config(path, tok, "cl", tuple(TRAIN))
         train(cfg, tmp_path / name, device="cpu", progress=False, dvclive=False)
         states.append(torch.load(tmp_path / name / "checkpoint_last.pt", weights_only=False))
     assert not all(

@@ -101,6 +101,62 @@ PAPER_STATS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+# How a dataset is evaluated (rasa.engine.evaluate): text->image retrieval always; "both" adds
+# image->text (paper Table 5), "class" the class-level protocol of Reed et al. (Table 6).
+PROTOCOLS = ("t2i", "both", "class")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A dataset of the paper: the names it goes by, how it is evaluated and labelled.
+
+    ``name`` is what its parser writes as the annotation table's ``dataset`` (and its key in
+    :data:`PAPER_STATS`); ``key`` the paper's short name used by the report and
+    ``rasa/report/paper_results.csv``; ``match`` the substring of a params.yaml dataset name
+    that means this dataset (``synth-cuhk-300`` -> ``cuhk``; first declared match wins).
+    """
+
+    name: str
+    key: str
+    label: str  # column / caption label in the report's tables
+    format: str  # the registered raw format that reads it
+    protocol: str = "t2i"  # one of PROTOCOLS
+    match: str = ""  # defaults to ``key``
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(
+                f"dataset {self.name!r}: protocol {self.protocol!r} not in {PROTOCOLS}"
+            )
+        if not self.match:
+            object.__setattr__(self, "match", self.key)
+
+
+# Every dataset of the paper, in report order (a new dataset: its parser module and one line here).
+DATASETS: tuple[DatasetInfo, ...] = (
+    DatasetInfo("cuhk-pedes", "cuhk", "CUHK-PEDES", "cuhk-pedes"),
+    DatasetInfo("icfg-pedes", "icfg", "ICFG-PEDES", "icfg-pedes"),
+    DatasetInfo("rstpreid", "rstp", "RSTPReid", "rstpreid"),
+    DatasetInfo("flickr30k", "flickr30k", "Flickr30K (1K test)", "karpathy", "both", "flickr"),
+    DatasetInfo("coco", "coco", "COCO (5K test)", "karpathy", "both"),
+    DatasetInfo("cub", "cub", "CUB", "cub", "class"),
+    DatasetInfo("flowers", "flowers", "Flowers", "flowers", "class", "flower"),
+)
+
+
+def datasets_with_protocol(protocol: str) -> tuple[str, ...]:
+    """Annotation-table names of the datasets evaluated with ``protocol``."""
+    return tuple(d.name for d in DATASETS if d.protocol == protocol)
+
+
+def dataset_key(name: str | None) -> str | None:
+    """The paper's short name of a dataset name (``synth-cuhk`` and ``cuhk-pedes`` -> ``cuhk``)."""
+    if not name:
+        return None
+    low = str(name).lower()
+    return next((d.key for d in DATASETS if d.match in low), None)
+
+
 @dataclass(frozen=True)
 class Format:
     """A registered raw format: its parser and how to recognise it."""

@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from rasa.data.annotations import SPLITS
+from rasa.variants import FULL, list_variants
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -49,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint (.pt) written by rasa train")
     p.add_argument("--annotations", required=True, help="annotation table (.json)")
     p.add_argument("--tokens", required=True, help="token cache (.npz)")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--split", default="test", choices=SPLITS)
     p.add_argument("--out", required=True, help="metrics JSON to write")
     p.add_argument("--topk-out", help="also write per-query top-k results here")
     p.add_argument(
@@ -67,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bsub = p.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
     b = bsub.add_parser("train-step", help="median seconds and peak memory of one step")
     b.add_argument("--backbone", default="tiny")
-    b.add_argument("--variant", default="m-rtd")
+    b.add_argument("--variant", default=FULL, choices=list_variants())
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
     b.add_argument("--device", default="auto")

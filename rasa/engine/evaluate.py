@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from rasa.data.annotations import Annotations
 from rasa.data.dataset import ImageDataset, split_captions
+from rasa.data.formats import datasets_with_protocol
 from rasa.data.token_cache import TokenCache, load_cache
 from rasa.engine.metrics import (
     METRIC_KEYS,
@@ -55,14 +56,15 @@ from rasa.engine.ranking import (
     rerank_logits,
     rerank_topk,
 )
+from rasa.engine.test_scores import evaluation_key, load_scores
 from rasa.errors import ConfigError, DataError, RasaError
 from rasa.io import write_json
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 # datasets evaluated in both directions (paper Table 5: TR = image->text, IR = text->image)
-BOTH_DIRECTIONS = ("flickr30k", "coco")
+BOTH_DIRECTIONS = datasets_with_protocol("both")
 # datasets with the class-level protocol (paper Table 6: TR R@1, IR AP@50; Reed et al., 2016)
-FINE_GRAINED = ("cub", "flowers")
+FINE_GRAINED = datasets_with_protocol("class")
 AP_K = 50
 TOPK_RECORDED = 10
 
@@ -418,7 +420,9 @@ def evaluate_checkpoint(
 
     ``resize`` defaults to the run's training setting ("stretch" for official checkpoints);
     ``k`` to the run's ``eval.k_test`` (128 without one), and to 0 — no re-ranking — for a
-    variant that never trained its ITM head (:func:`rerank_k`). Returns the metrics as written.
+    variant that never trained its ITM head (:func:`rerank_k`). Scores the training run stored
+    beside the checkpoint under the same key are reused (:mod:`rasa.engine.test_scores`).
+    Returns the metrics as written.
     """
     model, config = load_model_for_eval(checkpoint)
     if k is None:
@@ -426,12 +430,22 @@ def evaluate_checkpoint(
     if resize is None:
         resize = config.get("resize") or (config.get("train") or {}).get("resize") or "pad"
     ann = Annotations.load(annotations)
-    metrics, topk = evaluate_model(
-        model, ann, annotations, tokens, split,
-        k=k, batch_size=batch_size, pair_batch=pair_batch, image_block=image_block,
-        device=device, dtype=dtype, layout=layout, resize=resize, num_workers=num_workers,
-        progress=progress,
+    key = evaluation_key(
+        checkpoint, annotations, tokens, split, k=k, batch_size=batch_size, dtype=dtype,
+        resize=resize, device=resolve_device(device), layout=layout, pair_batch=pair_batch,
+        image_block=image_block,
     )  # fmt: skip
+    stored = load_scores(checkpoint, key)
+    if stored is not None:  # scored by the training run: the same checkpoint, data, settings
+        metrics, topk = stored
+        print(f"evaluate: {checkpoint} was scored on {split} by its training run: reused")
+    else:
+        metrics, topk = evaluate_model(
+            model, ann, annotations, tokens, split,
+            k=k, batch_size=batch_size, pair_batch=pair_batch, image_block=image_block,
+            device=device, dtype=dtype, layout=layout, resize=resize, num_workers=num_workers,
+            progress=progress,
+        )  # fmt: skip
     info = _meta_from_config(config)
     info.update(
         dataset=info.get("dataset") or ann.dataset,

@@ -24,7 +24,10 @@ Preemption: SIGTERM or SIGUSR1 (SLURM's warning) -> ``checkpoint_last.pt`` and
 :class:`Preempted`, which the CLI turns into exit status 75 (EX_TEMPFAIL, "requeue"); under DDP
 the decision is reduced over the ranks, so they all stop at the same step. Model selection uses
 the validation split (the official code selects on test); the test split is evaluated once for
-the selected checkpoint, and the last epoch's test figures are reported beside it.
+the selected checkpoint, and the last epoch's test figures are reported beside it (the same
+figures, scored once, when the last epoch is the selected one). The selected checkpoint's test
+scores are stored beside it (``test_scores.json``) for ``rasa evaluate`` to reuse
+(:mod:`rasa.engine.test_scores`).
 """
 
 from __future__ import annotations
@@ -304,16 +307,20 @@ class TrainingRun:
 
         cfg, out, record = self.cfg, self.out, self.record
         t0 = time.time()
-        last_test = evaluate_split(self.model, ann, cfg, cache, "test")
         selected = record["best"]
-        if selected is not None:
+        last_selected = selected is None or selected["step"] == self.step
+        if not last_selected:  # the last epoch's weights, reported beside the selected ones
+            last_test = evaluate_split(self.model, ann, cfg, cache, "test")
             best = load_checkpoint(self.best_path, map_location="cpu")
             unwrap(self.model).load_state_dict(best["model"])
-            test = evaluate_split(self.model, ann, cfg, cache, "test")
-        else:
-            test = last_test
+        scores: dict[str, Any] = {}
+        test = evaluate_split(self.model, ann, cfg, cache, "test", scores=scores)
+        if last_selected:  # the same weights: scored once
+            last_test = test
+        if selected is None:
             selected = {"epoch": "last", "note": "no validation split: last epoch"}
         eval_seconds = time.time() - t0
+        self._store_test_scores(record["best"] is not None, test, scores)
         metrics = {
             **test,
             "selected": selected,
@@ -338,3 +345,12 @@ class TrainingRun:
         self.log.text("test (selected): " + json.dumps(flat_metrics(test)))
         self.log.text("test (last epoch): " + json.dumps(flat_metrics(last_test)))
         return metrics
+
+    def _store_test_scores(self, best: bool, test: dict[str, Any], scores: dict[str, Any]) -> None:
+        """``test_scores.json`` beside the scored checkpoint, for ``rasa evaluate`` to reuse."""
+        from rasa.engine.test_scores import evaluation_key, save_scores
+
+        cfg = self.cfg
+        ckpt = self.best_path if best else self.last_path
+        key = evaluation_key(ckpt, cfg.annotations, cfg.tokens, "test", **scores["settings"])
+        save_scores(ckpt, key, test, scores["topk"])

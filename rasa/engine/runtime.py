@@ -218,11 +218,12 @@ def carve_validation(ann: Any, fraction: float) -> tuple[Any, str]:
     return replace(ann, records=records), note
 
 
-def evaluate_split(model, ann, cfg: Any, cache, split: str) -> dict[str, Any]:
+def evaluate_split(model, ann, cfg: Any, cache, split: str, scores: dict | None = None):
     """Two-stage retrieval metrics of ``model`` on ``split`` (:mod:`rasa.engine.evaluate`).
 
     Evaluation timings go to ``metrics["timing"]``; everything else is deterministic. The
-    model's train/eval mode is restored afterwards.
+    model's train/eval mode is restored afterwards. ``scores``, when given, receives the
+    ``topk`` document and the evaluation ``settings`` (rasa.engine.test_scores).
     """
     from rasa.engine.evaluate import evaluate_model, rerank_k
 
@@ -231,13 +232,15 @@ def evaluate_split(model, ann, cfg: Any, cache, split: str) -> dict[str, Any]:
     inner.eval()
     dev = next(inner.parameters()).device
     dtype = "bf16" if cfg.train.bf16 and dev.type == "cuda" else "fp32"
+    settings = dict(k=rerank_k(cfg.variant, cfg.eval.k_test), batch_size=cfg.eval.batch_size,
+                    dtype=dtype, resize=cfg.train.resize, device=dev)  # fmt: skip
     with torch.no_grad():
-        metrics, _ = evaluate_model(
-            inner, ann, cfg.annotations, cache, split, k=rerank_k(cfg.variant, cfg.eval.k_test),
-            batch_size=cfg.eval.batch_size, device=dev, dtype=dtype, resize=cfg.train.resize,
-            progress=False,
-        )  # fmt: skip
+        metrics, topk = evaluate_model(
+            inner, ann, cfg.annotations, cache, split, **settings, progress=False
+        )
     inner.train(was_training)
+    if scores is not None:
+        scores.update(topk=topk, settings=settings)
     return metrics
 
 

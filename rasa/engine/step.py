@@ -96,7 +96,7 @@ def compute_losses(
     queues, as a training step does.
     """
     _check_batch(batch, variant)
-    if variant.rtd == "fixed" and generator is None:
+    if variant.needs_generator and generator is None:
         raise ConfigError(
             f"variant {variant.name!r} (f-RTD) needs a fixed generator: train one with "
             "rasa.models.generator.train_generator or pass a local checkpoint."

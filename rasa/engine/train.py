@@ -79,7 +79,7 @@ class StepModule(torch.nn.Module):
 
 def fixed_generator(variant: Any, cfg: ExperimentConfig, ann: Any, cache: Any, dev: Any) -> Any:
     """The f-RTD generator (a small MLM trained once on the training captions), else None."""
-    if variant.rtd != "fixed":
+    if not variant.needs_generator:
         return None
     from rasa.models.generator import load_or_train_generator
 

@@ -189,3 +189,26 @@ def official(pretrained: Any = None, **overrides: Any) -> RaSaModel:
     if not pretrained:
         raise ConfigError("Backbone 'official' needs pretrained=<path of an official RaSa .pth>.")
     return load_official(pretrained, **overrides)
+
+
+# Smaller than tiny, for tests: one ViT block, 1 text + 1 fusion layer of width 32, 32x16 images.
+MICRO = TINY.replace(
+    name="micro",
+    image_size=(32, 16),
+    vision_width=32,
+    vision_depth=1,
+    vision_mlp_dim=64,
+    text_width=32,
+    text_intermediate=64,
+    num_layers=2,
+    fusion_layer=1,
+    max_position_embeddings=64,
+    embed_dim=32,
+    queue_size=64,
+)
+
+
+@register_model
+def micro(pretrained: Any = None, **overrides: Any) -> RaSaModel:
+    """1-layer ViT-32/16 + 1+1-layer BERT-32 at 32x16, from scratch (tests, seconds on a CPU)."""
+    return _build(MICRO, pretrained, overrides)

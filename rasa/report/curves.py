@@ -35,7 +35,7 @@ from matplotlib.ticker import MaxNLocator
 
 from rasa.errors import DataError
 from rasa.report.figures import plt, save_figure
-from rasa.report.tables import OURS_COLOR, PREAMBLE_PACKAGES, latex_escape
+from rasa.report.latex import OURS_COLOR, PREAMBLE_PACKAGES, latex_escape
 
 Points = list[tuple[float, float]]
 MODALITIES = ("image", "text", "pair")

@@ -31,9 +31,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from rasa.errors import DataError  # noqa: E402
 from rasa.io import atomic_path  # noqa: E402
+from rasa.report.aggregate import aggregate, dedupe_seeds  # noqa: E402
 from rasa.report.paper import FIG4, FIG4_DEFAULT_R1, paper_value  # noqa: E402
 from rasa.report.results import Run, sweep_point  # noqa: E402
-from rasa.report.tables import aggregate, dedupe_seeds  # noqa: E402
 
 
 def save_figure(fig: plt.Figure, out_stem: str | Path, formats: Sequence[str] = ("png", "pdf")):

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rasa.config import SWEEP_LOSS_KEYS
+from rasa.data.formats import dataset_key
 from rasa.errors import DataError
 
 # Fig. 4's parameters under every name a run may give them: p_w, p_weak, loss.p_weak, ...
@@ -41,27 +42,6 @@ _NAME_RE = re.compile(
 )
 
 REQUIRED = ("r1", "r5", "r10", "mAP")
-# substring of a dataset name -> the paper's dataset key (first match wins)
-_DATASET_KEYS = (
-    ("cuhk", "cuhk"),
-    ("icfg", "icfg"),
-    ("rstp", "rstp"),
-    ("flickr", "flickr30k"),
-    ("coco", "coco"),
-    ("cub", "cub"),
-    ("flower", "flowers"),
-)
-
-
-def dataset_key(name: str | None) -> str | None:
-    """The paper's name for a dataset: ``synth-cuhk`` and ``cuhk-pedes`` are both ``cuhk``."""
-    if not name:
-        return None
-    low = str(name).lower()
-    for sub, key in _DATASET_KEYS:
-        if sub in low:
-            return key
-    return None
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,6 @@ def run_resources(wildcards, key):
     return step_resources("train", exp["backbone"])[key]
 
 
-
 def transfer(wildcards):
     """The Table 7 transfer an `evaluate_transfer` job makes (rasa.workflow.Transfer)."""
     return PLAN.transfers[f"{wildcards.experiment}--on-{wildcards.target}"]

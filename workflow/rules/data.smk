@@ -11,9 +11,7 @@ rule synth:
     log:
         "logs/synth/{dataset}.log",
     wildcard_constraints:
-        dataset=regex(
-            n for n, d in PLAN.datasets.items() if d.spec["source"] == "synth"
-        ),
+        dataset=regex(n for n, d in PLAN.datasets.items() if d.spec["source"] == "synth"),
     conda:
         ENV
     threads: step_resources("data")["threads"]

@@ -1,0 +1,401 @@
+"""The report ``rasa report`` writes (DESIGN.md "Reports"), one function per section of its
+index ``README.md``:
+
+- :func:`tables_section`: every table declared in :data:`rasa.report.tables.ALL_SPECS`, one
+  file per context (``tables/<stem>[-context].tex`` standalone, ``..._fragment.tex`` to
+  ``\\input``, PDFs with ``compile_pdf``) and ``comparison.csv`` (every number of ours beside
+  the paper's, long format);
+- :func:`fig4_section` (hyper-parameter sweeps) and :func:`fig5_section` (top-10 retrievals);
+- :func:`training_runs_section`: per run its curves, per CMMT run its pseudo-label quality, per
+  (dataset, backbone) the runs' validation R@1 (rasa/report/curves.py);
+- :func:`runs_section`: one line per metrics file; :func:`header`: sources, git commit and the
+  sha256 of params.yaml.
+
+:func:`build_report` runs them in that order. All writes are atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from rasa.errors import ConfigError, DataError
+from rasa.io import atomic_path, write_text
+from rasa.report.results import Run
+
+
+@dataclass
+class Report:
+    readme: Path
+    outputs: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def git_commit(cwd: str | Path = ".") -> str:
+    """``git rev-parse HEAD`` (+ "-dirty" with uncommitted changes), or a note."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                              text=True, check=True, timeout=10).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=cwd, capture_output=True, text=True, timeout=10).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "(not in a git repository)"
+    return head + ("-dirty" if dirty.strip() else "")
+
+
+def file_sha256(path: str | Path) -> str | None:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def dataset_descriptions(params_path: str | Path) -> dict[str, str]:
+    """Dataset name -> caption text from params.yaml (``SynthPEDES-CUHK (120 ids, seed 0)``)."""
+    path = Path(params_path)
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
+    out = {}
+    datasets = (doc.get("data") or {}).get("datasets") or {}
+    for name, spec in datasets.items():
+        spec = spec or {}
+        if spec.get("source") == "synth":
+            preset = str(spec.get("preset", "")).upper()
+            out[name] = f"SynthPEDES-{preset} ({spec.get('ids')} ids, seed {spec.get('seed', 0)})"
+        else:
+            out[name] = f"{name} (real release, {spec.get('source', '?')})"
+    return out
+
+
+def compile_latex(tex: Path, pdf: Path) -> None:
+    """pdflatex ``tex`` in a temporary directory; the PDF replaces ``pdf`` atomically."""
+    exe = shutil.which("pdflatex")
+    if exe is None:
+        raise ConfigError(
+            "--compile needs pdflatex, which is not installed: run `bash scripts/setup_latex.sh` "
+            "(Debian/Ubuntu) or install TeX Live with booktabs, multirow, makecell, "
+            "threeparttable, xcolor, caption and standalone."
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(tex, Path(tmp) / "table.tex")
+        proc = subprocess.run(
+            [exe, "-interaction=nonstopmode", "-halt-on-error", "table.tex"],
+            cwd=tmp, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            errors = [ln for ln in proc.stdout.splitlines() if ln.startswith("!")]
+            raise DataError(f"{tex}: pdflatex failed: {' '.join(errors[:3]) or proc.stdout[-500:]}")
+        with atomic_path(pdf, suffix=".pdf") as dest:
+            shutil.copy(Path(tmp) / "table.pdf", dest)
+
+
+def _parse_topk_args(items: Sequence[str] | None, found: Sequence[str]) -> list[tuple[str, Path]]:
+    if items:
+        out = []
+        for item in items:
+            path, _, label = item.partition("=")
+            out.append((label or _topk_label(Path(path)), Path(path)))
+        return out
+    return [(_topk_label(Path(f)), Path(f)) for f in found]
+
+
+def _topk_label(path: Path) -> str:
+    """results/topk/<experiment>.json -> experiment; <run dir>/topk.json -> run dir."""
+    return path.stem if path.parent.name == "topk" else path.parent.name
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=-]+", "-", text).strip("-") or "run"
+
+
+# ---- the report ------------------------------------------------------------------------------
+def build_report(
+    results: Sequence[str | Path],
+    out: str | Path,
+    *,
+    params: str | Path | None = "params.yaml",
+    suite: str | None = None,
+    split: str = "test",
+    compile_pdf: bool = False,
+    topk: Sequence[str] | None = None,
+    annotations: str | Path | None = None,
+    n_queries: int = 3,
+    training_runs: Sequence[str | Path] | None = None,
+) -> Report:
+    """Collect the metrics files under ``results`` and write every section into ``out``."""
+    from rasa.report.results import find_metrics_files, load_runs
+
+    out = Path(out)
+    files = find_metrics_files(results)
+    runs, skipped = load_runs(files)
+    if suite:
+        runs = [r if r.get("suite") else replace(r, meta={**r.meta, "suite": suite}) for r in runs]
+    datasets = dataset_descriptions(params) if params else {}
+    report = Report(readme=out / "README.md")
+
+    index = tables_section(runs, out, report, split=split, datasets=datasets,
+                           compile_pdf=compile_pdf)  # fmt: skip
+    index.append("\n## Figures\n")
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)  # always there: a declared output of the DAG
+    index += fig4_section(runs, fig_dir, report)
+    topk_found = [
+        f for f in skipped if Path(f).name.startswith("topk") or Path(f).parent.name == "topk"
+    ]
+    topk_files = _parse_topk_args(topk, topk_found if topk is None else [])
+    index += fig5_section(topk_files, fig_dir, report, annotations, n_queries)
+    # training runs: the named ones, and any run directory a metrics file sits in
+    run_dirs = [Path(d) for d in training_runs or []]
+    for r in runs:
+        d = Path(r.path).parent
+        if (d / "curve").is_dir() and d.resolve() not in {x.resolve() for x in run_dirs}:
+            run_dirs.append(d)
+    if run_dirs:
+        index += training_runs_section(run_dirs, out, report, compile_pdf)
+    index += runs_section(runs, skipped)
+    if report.notes:
+        index.append("\n## Notes\n")
+        index += [f"- {n}" for n in report.notes]
+    write_text(report.readme, "\n".join(header(results, runs, split, params) + index) + "\n")
+    report.outputs.append(report.readme)
+    return report
+
+
+def tables_section(
+    runs: Sequence[Run],
+    out: Path,
+    report: Report,
+    *,
+    split: str,
+    datasets: dict[str, str],
+    compile_pdf: bool,
+) -> list[str]:
+    """Every declared table per context, and ``comparison.csv``."""
+    import pandas as pd
+
+    from rasa.report.aggregate import build_our_tables, comparison_rows, table_slug
+    from rasa.report.latex import render_table
+    from rasa.report.tables import ALL_SPECS
+
+    comparison: list[dict[str, Any]] = []
+    index = ["## Tables\n"]
+    index.append("Each metric: the paper's number, then ours (`--`: no run / not in the paper).\n")
+    for number, spec in ALL_SPECS.items():
+        if spec.index_intro:
+            index.append(spec.index_intro)
+        for table in build_our_tables(number, runs, split=split):
+            comparison += comparison_rows(table)
+            slug = table_slug(table)
+            stem = spec.stem + (f"-{slug}" if slug else "")
+            doc, fragment = render_table(table, datasets, label=f"tab:rasa-{stem}")
+            tex = out / "tables" / f"{stem}.tex"
+            write_text(tex, doc)
+            write_text(out / "tables" / f"{stem}_fragment.tex", fragment)
+            report.outputs += [tex, out / "tables" / f"{stem}_fragment.tex"]
+            line = f"- {spec.name}: [`tables/{stem}.tex`](tables/{stem}.tex)"
+            if compile_pdf:
+                compile_latex(tex, tex.with_suffix(".pdf"))
+                report.outputs.append(tex.with_suffix(".pdf"))
+                line += f", [PDF](tables/{stem}.pdf)"
+            ctx = ", ".join(f"{k}={v}" for k, v in table.context.items() if v is not None)
+            line += f" — {len(table.runs)} run(s)" + (f" ({ctx})" if ctx else "")
+            index.append(line)
+
+    comparison_csv = out / "comparison.csv"
+    with atomic_path(comparison_csv, suffix=".csv") as tmp:
+        pd.DataFrame(comparison, columns=list(COMPARISON_COLUMNS)).to_csv(tmp, index=False)
+    report.outputs.append(comparison_csv)
+    index.append(
+        f"- Every number of ours beside the paper's, long format: [`comparison.csv`](comparison.csv)"
+        f" ({len(comparison)} rows)"
+    )
+    return index
+
+
+def fig4_section(runs: Sequence[Run], fig_dir: Path, report: Report) -> list[str]:
+    """Fig. 4 per (dataset, backbone, suite) that has sweep runs."""
+    from rasa.report import figures
+    from rasa.report.results import sweep_point
+
+    index: list[str] = []
+    if not any(sweep_point(r) is not None for r in runs):
+        report.notes.append("Fig. 4: no sweep runs (meta.sweep or 'p_w=0.2' in the name)")
+        index.append("- Fig. 4: no sweep runs among the results.")
+        return index
+    contexts: dict[tuple, list] = {}
+    for r in runs:
+        key = (r.dataset, r.get("backbone"), r.get("suite"))
+        contexts.setdefault(key, []).append(r)
+    for key, group in contexts.items():
+        if not any(sweep_point(r) for r in group):
+            continue
+        stem = "fig4-" + _slug("_".join(str(k) for k in key if k))
+        title = "Fig. 4: R@1 (test) vs hyper-parameters — " + ", ".join(str(k) for k in key if k)
+        paths = figures.plot_fig4(group, fig_dir / stem, title=title)
+        report.outputs += paths
+        index.append(f"- Fig. 4 ({', '.join(str(k) for k in key if k)}): "
+                     f"[`figures/{stem}.png`](figures/{stem}.png)")  # fmt: skip
+    return index
+
+
+def fig5_section(
+    topk_files: Sequence[tuple[str, Path]],
+    fig_dir: Path,
+    report: Report,
+    annotations: str | Path | None,
+    n_queries: int,
+) -> list[str]:
+    """Fig. 5 per top-k file, and one comparison per group of runs on the same data."""
+    from rasa.report import figures
+
+    index: list[str] = []
+    for label, path in topk_files:
+        stem = "fig5-" + _slug(label)
+        try:
+            doc = figures.load_topk(path)
+            root = figures.resolve_image_root(doc, annotations)
+            paths = figures.plot_fig5([("", doc)], fig_dir / stem, root, n_queries=n_queries)
+        except DataError as exc:
+            report.notes.append(f"Fig. 5 from {path} skipped: {exc}")
+            index.append(f"- Fig. 5 from `{path}`: skipped ({exc})")
+            continue
+        report.outputs += paths
+        index.append(f"- Fig. 5 ({label}): [`figures/{stem}.png`](figures/{stem}.png)")
+    # As in the paper: one row per model on the same queries, for runs on the same data.
+    groups: dict[tuple[str, str], list[tuple[str, dict]]] = {}
+    for label, path in topk_files:
+        try:
+            doc = figures.load_topk(path)
+        except DataError:
+            continue  # already noted above
+        groups.setdefault((str(doc.get("image_root")), str(doc.get("split"))), []).append(
+            (label, doc)
+        )
+    for n, docs in enumerate(g for g in groups.values() if len(g) > 1):
+        stem = "fig5-compare" + (f"-{n + 1}" if n else "")
+        shared = set.intersection(
+            *({q.get("caption_index", i) for i, q in enumerate(d["queries"])} for _, d in docs)
+        )
+        chosen = [c for c in (q.get("caption_index") for q in docs[0][1]["queries"]) if c in shared]
+        labels = ", ".join(label for label, _ in docs)
+        if not chosen:
+            report.notes.append(f"Fig. 5 comparison of {labels} skipped: no shared query")
+            continue
+        try:
+            roots = [figures.resolve_image_root(doc, annotations) for _, doc in docs]
+            paths = figures.plot_fig5(docs, fig_dir / stem, roots, queries=chosen[:n_queries])
+        except DataError as exc:
+            report.notes.append(f"Fig. 5 comparison of {labels} skipped: {exc}")
+            continue
+        report.outputs += paths
+        index.append(f"- Fig. 5 ({labels}, row by row): [`figures/{stem}.png`]"
+                     f"(figures/{stem}.png)")  # fmt: skip
+    if not topk_files:
+        index.append("- Fig. 5: no top-k file among the results.")
+    return index
+
+
+def runs_section(runs: Sequence[Run], skipped: Sequence[str]) -> list[str]:
+    """One table line per metrics file; the JSON files that are not metrics."""
+    index = ["\n## Runs\n"]
+    index.append(
+        "| experiment | dataset | backbone | method | variant | seed | split | R@1 | mAP | file |"
+    )
+    index.append("|---|---|---|---|---|---|---|---|---|---|")
+    for r in runs:
+        cells = [r.get("experiment"), r.dataset, r.get("backbone"), r.method, r.get("variant"),
+                 r.seed, r.get("split", "test"), f"{r.values['r1']:.2f}",
+                 f"{r.values['mAP']:.2f}", f"`{r.path}`"]  # fmt: skip
+        index.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
+    if skipped:
+        index.append(f"\nNot metrics files (skipped): {', '.join(f'`{s}`' for s in skipped)}")
+    return index
+
+
+def header(
+    results: Sequence[str | Path], runs: Sequence[Run], split: str, params: str | Path | None
+) -> list[str]:
+    """The index's title and provenance lines."""
+    return [
+        "# Results\n",
+        "Generated by `rasa report` from "
+        + ", ".join(f"`{d}`" for d in results)
+        + f": {len(runs)} metrics file(s), split `{split}` in the tables; checkpoints are "
+        "selected on the validation split and the test split is evaluated once.\n",
+        f"- git commit: `{git_commit()}`",
+        f"- params: `{params}` sha256 `{file_sha256(params) if params else None}`",
+        "- paper numbers: `rasa/report/paper_results.csv` (Tables 1-8 of the RaSa paper)\n",
+    ]
+
+
+def training_runs_section(
+    run_dirs: Sequence[Path], out: Path, report: Report, compile_pdf: bool
+) -> list[str]:
+    """Curves per run, CMMT pseudo-label figure and table, validation R@1 per context."""
+    from rasa.report import curves
+
+    index = ["\n## Training runs\n"]
+    loaded: list[curves.TrainingRun] = []
+    stems: set[str] = set()
+    for d in run_dirs:
+        run = curves.read_run(d)
+        if run is None:
+            report.notes.append(f"training run {d}: no curve data (curve/, val_curve), skipped")
+            index.append(f"- `{d}`: no curve data, skipped.")
+            continue
+        loaded.append(run)
+        name = _slug(run.experiment)
+        if name in stems:  # two directories of one experiment name
+            name = _slug(f"{name}-{d.parent.name}-{d.name}")
+        stems.add(name)
+        report.outputs += curves.plot_run_curves(run, out / "figures" / f"curves-{name}")
+        index.append(f"- {run.experiment} ({run.label}, `{d}`): training curves "
+                     f"[`figures/curves-{name}.png`](figures/curves-{name}.png)")  # fmt: skip
+        if run.method != "cmmt":
+            continue
+        if not run.pseudo:
+            report.notes.append(f"CMMT run {d}: no pseudo_labels in metrics.json yet")
+            continue
+        report.outputs += curves.plot_pseudo_labels(run, out / "figures" / f"pseudo-labels-{name}")
+        doc, fragment = curves.pseudo_label_latex(run)
+        tex = out / "tables" / f"pseudo-labels-{name}.tex"
+        write_text(tex, doc)
+        write_text(tex.with_name(f"{tex.stem}_fragment.tex"), fragment)
+        report.outputs += [tex, tex.with_name(f"{tex.stem}_fragment.tex")]
+        links = (f"figure [`figures/pseudo-labels-{name}.png`](figures/pseudo-labels-{name}.png),"
+                 f" table [`tables/pseudo-labels-{name}.tex`](tables/pseudo-labels-{name}.tex)")  # fmt: skip
+        if compile_pdf:
+            compile_latex(tex, tex.with_suffix(".pdf"))
+            report.outputs.append(tex.with_suffix(".pdf"))
+            links += f" ([PDF](tables/pseudo-labels-{name}.pdf))"
+        index.append(f"  - CMMT pseudo-label quality (adjusted Rand index vs the true ids, read "
+                     f"only for this report; MPLR rescues): {links}\n")  # fmt: skip
+        index.append(curves.pseudo_label_markdown(run) + "\n")
+    for (dataset, backbone), group in curves.by_context(loaded).items():
+        if not any(r.val for r in group):
+            continue
+        stem = "val-r1-" + _slug(f"{dataset}-{backbone}")
+        labels = ", ".join(sorted({r.label for r in group}))
+        title = f"validation R@1 per evaluation: {dataset}, {backbone} ({labels})"
+        report.outputs += curves.plot_val_r1(group, out / "figures" / stem, title)
+        index.append(f"- Validation R@1 of {labels} on {dataset} / {backbone}: "
+                     f"[`figures/{stem}.png`](figures/{stem}.png)")  # fmt: skip
+    return index
+
+
+COMPARISON_COLUMNS = ("table", "context", "dataset", "method", "metric", "paper", "ours_mean",
+                      "ours_std", "n_seeds")  # fmt: skip
