@@ -76,6 +76,7 @@ def build_model(backbone: str, overrides: dict[str, Any], cache: Any) -> torch.n
         kwargs.setdefault("vocab_size", cache.vocab_size)
         kwargs.setdefault("pad_token_id", cache.pad_id)
     model = create_model(backbone, **kwargs)
+    model.tokenizer_record = cache.tokenizer_record()  # travels with every checkpoint
     if cache.vocab_size > model.config.vocab_size:
         raise ConfigError(
             f"token cache {cache.path}: vocabulary of {cache.vocab_size} tokens ({spec}) does "

@@ -21,6 +21,7 @@ from rasa.models.loaders.common import (
     count_layers,
     first_cross_layer,
     load_into,
+    official_tokenizer,
     read_checkpoint,
     require,
 )
@@ -98,6 +99,7 @@ def load_albef_layout(
         new += MOMENTUM_PREFIXES
         notes.append("no momentum weights in the checkpoint: momentum copy = online weights")
     model = RaSaModel(cfg)
+    official_tokenizer(model, str(path), notes)
     report = load_into(model, state, str(path), new_prefixes=new, strict=strict, notes=notes)
     if not has_momentum:
         model.copy_params_to_momentum()

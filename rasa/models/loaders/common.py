@@ -17,8 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rasa.errors import DataError
+from rasa.errors import ConfigError, DataError
 from rasa.models.rasa_model import RaSaModel
+
+BERT_VOCAB_SIZE = 30522  # bert-base-uncased, the vocabulary of ALBEF, TCL and RaSa
 
 
 @dataclass
@@ -77,6 +79,25 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
         f"Checkpoint {path}: expected a state dict or a dict with key 'model' holding one, "
         f"got {type(obj).__name__} with keys {list(obj)[:10] if isinstance(obj, dict) else '-'}."
     )
+
+
+def official_tokenizer(model: RaSaModel, source: str, notes: list[str]) -> None:
+    """Give ``model`` the tokenizer record of ALBEF/TCL/official RaSa checkpoints (BERT uncased,
+    no ``[SEP]``) when it embeds BERT's 30,522 pieces; other vocabularies get none (only their
+    size can be checked)."""
+    from rasa.data.tokenizer import official_tokenizer_record
+
+    model.tokenizer_source = source
+    if model.config.vocab_size != BERT_VOCAB_SIZE:
+        notes.append(
+            f"tokenizer: vocabulary of {model.config.vocab_size} (not BERT uncased's "
+            f"{BERT_VOCAB_SIZE}); no tokenizer recorded, only its size is checked"
+        )
+        return
+    try:
+        model.tokenizer_record = official_tokenizer_record()
+    except ConfigError as err:
+        notes.append(f"tokenizer: BERT uncased not recorded ({err})")
 
 
 def require(sd: dict[str, Tensor], key: str, source: str) -> Tensor:

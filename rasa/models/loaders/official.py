@@ -27,6 +27,7 @@ from rasa.models.loaders.common import (
     count_layers,
     first_cross_layer,
     load_into,
+    official_tokenizer,
     read_checkpoint,
     require,
 )
@@ -190,6 +191,7 @@ def load_official(
     notes: list[str] = []
     resample_pos_embeds(state, cfg, image_res, notes)
     model = RaSaModel(cfg)
+    official_tokenizer(model, str(path), notes)
     model.load_report = load_into(model, state, str(path), strict=strict, notes=notes)
     model.checkpoint_config = dict(ckpt_cfg)  # e.g. k_test, max_words of the official run
     return model
