@@ -251,3 +251,59 @@ def test_attention_heads_from_config_params_or_width(tmp_path):
                               m.image_embed(m.encode_image(images)), atol=1e-6)  # fmt: skip
     with pytest.raises(ConfigError, match="disagree"):
         load_albef(path, image_size=(32, 32), queue_size=16, text_heads=2)
+
+
+# ---------------------------------------------------------------------------- the workflow
+def _paper_dry_run(tmp_path: Path, pretrained) -> str:
+    """`snakemake -n --config suite=paper` in a copy of the workflow, with placeholder raw data
+    (and ALBEF.pth when given by path)."""
+    import shutil
+
+    tmp_path.mkdir(parents=True)
+    for name in ("Snakefile", "workflow", "params.yaml"):
+        src = ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["backbones"]["albef"]["pretrained"] = pretrained
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    raw = tmp_path / params["data"]["datasets"]["cuhk-pedes"]["path"]
+    (raw / "imgs").mkdir(parents=True)
+    (raw / "reid_raw.json").write_text("[]")
+    if isinstance(pretrained, str):
+        (tmp_path / pretrained).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / pretrained).write_bytes(b"placeholder")
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "snakemake"), "-n", "--forceall", "--cores", "1",
+         "--config", "suite=paper"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout + proc.stderr
+
+
+def _job(text: str, rule: str) -> str:
+    return next(b for b in text.split("\nrule ") if b.startswith(rule + ":"))
+
+
+def test_paper_dry_run_lists_the_weights_file_as_a_training_input(tmp_path):
+    from rasa.workflow import dvc_grid, make_plan
+
+    params = load_params(ROOT / "params.yaml")
+    path = params["backbones"]["albef"]["pretrained"]
+    out = _paper_dry_run(tmp_path / "local", path)
+    train = _job(out, "train")
+    assert "cuhk-albef-m-rtd" in train and path in train.split("output:")[0]
+    assert "tokens-minilm-nosep.npz" in train  # BERT uncased in ALBEF's layout
+
+    url = {"url": "https://example.org/releases/ALBEF.pth", "sha256": "ab" * 32}
+    out = _paper_dry_run(tmp_path / "url", url)
+    fetched = "data/weights/albef/ALBEF.pth"
+    assert fetched in _job(out, "train").split("output:")[0]
+    assert fetched in _job(out, "fetch_weights")
+    params["backbones"]["albef"]["pretrained"] = url
+    plan = make_plan(params, "paper")
+    assert plan.weights == {fetched: (url["url"], url["sha256"])} and fetched in plan.outputs()
+    grid = dvc_grid(plan)
+    assert grid["runs"]["cuhk-albef-m-rtd"]["weights"] == fetched
+    assert list(grid["weights"].values()) == [{**url, "out": fetched}]
