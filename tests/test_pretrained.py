@@ -307,3 +307,20 @@ def test_paper_dry_run_lists_the_weights_file_as_a_training_input(tmp_path):
     grid = dvc_grid(plan)
     assert grid["runs"]["cuhk-albef-m-rtd"]["weights"] == fetched
     assert list(grid["weights"].values()) == [{**url, "out": fetched}]
+
+
+def test_pretrained_values_resolve_to_one_form():
+    from rasa.config import resolve_pretrained
+
+    assert resolve_pretrained(None, "minilm", "data") is None  # the backbone's default
+    assert resolve_pretrained("none", "tiny", "data") == "none"
+    assert resolve_pretrained("w/ALBEF.pth", "albef", "data") == {
+        "path": "w/ALBEF.pth", "url": None, "sha256": None}  # fmt: skip
+    fetched = resolve_pretrained({"url": "https://x.org/a/ALBEF.pth?dl=1", "sha256": "AB" * 32},
+                                 "albef", "data")  # fmt: skip
+    assert fetched == {"path": "data/weights/albef/ALBEF.pth",
+                       "url": "https://x.org/a/ALBEF.pth?dl=1", "sha256": "ab" * 32}  # fmt: skip
+    cfg = resolve_experiment(load_params(ROOT / "params.yaml"), "synth-cuhk-tiny-cl")
+    assert cfg.pretrained == "none"  # tiny trains from scratch in the synthetic suites
+    minilm = create_model("minilm", pretrained="none", vision_depth=1, queue_size=8)
+    assert getattr(minilm, "load_report", None) is None  # `none`: nothing loaded
