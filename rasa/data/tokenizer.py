@@ -27,7 +27,8 @@ refused instead of scored.
 
 Every tokenizer has the specials ``[PAD] [UNK] [CLS] [SEP] [MASK]`` and writes a caption as
 ``[CLS] word-pieces [SEP]`` (``add_sep=False``, or a spec ending in ``+nosep`` such as
-``minilm+nosep``: ``[CLS] word-pieces``, the official ALBEF/RaSa convention), truncated to ``max_len`` tokens including the specials and padded with ``[PAD]``.
+``minilm+nosep``: ``[CLS] word-pieces``, the official ALBEF/RaSa convention), truncated to
+``max_len`` tokens including the specials and padded with ``[PAD]``.
 Captions are cleaned with :func:`rasa.data.text.clean_caption` before tokenizing.
 """
 

@@ -156,8 +156,9 @@ def _check_tokens(model: nn.Module, cache: TokenCache, where: object) -> None:
         cache.check_tokenizer(record, getattr(model, "tokenizer_source", None) or "the model")
     elif getattr(model, "tokenizer_source", None):
         warnings.warn(
-            f"{model.tokenizer_source} records no tokenizer (an older checkpoint, or a model built without a token cache): only "
-            f"the vocabulary size of token cache {cache.path or where} can be checked.",
+            f"{model.tokenizer_source} records no tokenizer (an older checkpoint, or a model "
+            "built without a token cache): only the vocabulary size of token cache "
+            f"{cache.path or where} can be checked.",
             stacklevel=3,
         )
     if cache.vocab_size > cfg.vocab_size:
