@@ -8,6 +8,11 @@ versioning"). One experiment resolves in this order, later wins:
 3. the experiment's ``overrides`` (dotted keys: ``train.lr: 1e-4``),
 4. ``--set key=value`` on the command line (values parsed as YAML, like ``dvc exp run -S``).
 
+A backbone's weights come from ``backbones.<name>.pretrained`` only (:func:`resolve_pretrained`):
+a local path, ``none`` (random init) or ``{url, sha256}`` (fetched by the workflow into
+:func:`weights_path`); without the key, the backbone's default (``rasa.models.default_weights``).
+``rasa train`` records the file's sha256 in the resolved config.
+
 The result is validated again (``$defs/resolved`` in the schema) and saved as ``config.yaml``
 beside every output; ``rasa train --config config.yaml`` runs it again as is. A bad value
 raises :class:`~rasa.errors.ConfigError` naming the key path and what was expected.
@@ -30,7 +35,9 @@ from rasa.io import write_text
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
 SET_ROOTS = ("train", "loss", "eval", "model")
-SET_TOP = ("dataset", "backbone", "variant", "seed", "tokenizer", "annotations", "tokens")
+SET_TOP = (
+    "dataset", "backbone", "variant", "seed", "tokenizer", "annotations", "tokens", "pretrained"
+)  # fmt: skip
 # Fig. 4's hyper-parameters (an experiment's ``sweep``) -> the loss key each one names
 SWEEP_LOSS_KEYS = {
     "p_w": "p_weak",
@@ -87,6 +94,9 @@ class ExperimentConfig:
     annotations: str
     tokens: str
     model: dict[str, Any] = field(default_factory=dict)
+    # the backbone's weights: None (its default), "none" (random init) or
+    # {"path", "url", "sha256"} (sha256 of the file, filled in when training starts)
+    pretrained: str | dict[str, Any] | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: dict[str, Any] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -229,6 +239,34 @@ def dataset_paths(data_root: str, dataset: str, tokenizer: str) -> tuple[str, st
     return str(base / "annotations.json"), str(base / tokens_filename(tokenizer))
 
 
+def weights_path(data_root: str, backbone: str, url: str) -> str:
+    """Where the workflow fetches a backbone's weights given by url:
+    ``{data.root}/weights/{backbone}/{the url's file name}``."""
+    from urllib.parse import urlsplit
+
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(urlsplit(url).path).name).strip("-.")
+    return str(Path(data_root) / "weights" / backbone / (name or "weights.pth"))
+
+
+def resolve_pretrained(value: Any, backbone: str, data_root: str) -> str | dict[str, Any] | None:
+    """``backbones.<name>.pretrained`` -> the resolved config's ``pretrained`` (None = the
+    backbone's default weights, ``"none"`` = random init, else ``{path, url, sha256}``)."""
+    if value is None or value == "none":
+        return value
+    if isinstance(value, str):
+        return {"path": value, "url": None, "sha256": None}
+    if isinstance(value, dict) and {"url", "sha256"} <= set(value):
+        return {
+            "path": weights_path(data_root, backbone, value["url"]),
+            "url": value["url"],
+            "sha256": str(value["sha256"]).lower(),
+        }
+    raise ConfigError(
+        f"backbones.{backbone}.pretrained: {value!r}; expected a local path, `none` or "
+        "{url: ..., sha256: ...}."
+    )
+
+
 def generator_path(tokens_path: str | Path) -> Path:
     """Where the f-RTD generator of a token cache lives: beside it, ``<cache>.rtd_generator.pt``."""
     p = Path(tokens_path)
@@ -266,7 +304,7 @@ def resolve_experiment(
     explicit: dict[str, Any] = {}
     for item in sets:
         key, value = parse_set(item)
-        if key in ("tokenizer", "annotations", "tokens"):
+        if key in ("tokenizer", "annotations", "tokens", "pretrained"):
             explicit[key] = value
         else:
             set_dotted(doc, key, value, f"--set {item!r}")
@@ -277,6 +315,10 @@ def resolve_experiment(
         )
     doc["tokenizer"] = explicit.get("tokenizer", params["backbones"][doc["backbone"]]["tokenizer"])
     doc["data_root"] = params["data"]["root"]
+    doc["pretrained"] = resolve_pretrained(
+        explicit.get("pretrained", params["backbones"][doc["backbone"]].get("pretrained")),
+        doc["backbone"], doc["data_root"],
+    )  # fmt: skip
     ann, tok = dataset_paths(doc["data_root"], doc["dataset"], doc["tokenizer"])
     doc["annotations"] = explicit.get("annotations", ann)
     doc["tokens"] = explicit.get("tokens", tok)
@@ -319,6 +361,10 @@ def load_config(path: str | Path, sets: list[str] | tuple[str, ...] = ()) -> Exp
         key, value = parse_set(item)
         if key in ("tokenizer", "annotations", "tokens", "name", "data_root"):
             doc[key] = value
+        elif key == "pretrained":
+            doc[key] = resolve_pretrained(
+                value, doc.get("backbone", "?"), doc.get("data_root", ".")
+            )
         else:
             set_dotted(doc, key, value, f"--set {item!r}")
     doc = _fix_floats(doc)

@@ -20,6 +20,9 @@ Paths (DESIGN.md, "Workflow and versioning"):
   {target}.json``: an experiment's ``test_on`` datasets (Table 7, domain generalisation): the
   target's captions tokenized with the source cache's tokenizer (``cache:`` spec), the selected
   checkpoint evaluated on the target's test split
+- ``backbones.<name>.pretrained``: the weights file a run starts from is an input of its
+  training job; given as ``{url, sha256}`` it is fetched (``rasa data fetch``) into
+  ``{data.root}/weights/{backbone}/{file}``, given as a path it is read where it is
 - ``{tokens}.rtd_generator.pt``: the f-RTD generator of a token cache (``rasa generator``), a
   small MLM trained once on the training captions and shared by every f-RTD run of the dataset
 - ``results/{suite}/``: ``rasa report`` of the suite (README.md index, tables/, figures/,
@@ -33,7 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rasa.config import dataset_paths, generator_path, load_params, tokens_filename
+from rasa.config import (
+    dataset_paths,
+    generator_path,
+    load_params,
+    resolve_pretrained,
+    tokens_filename,
+)
 from rasa.errors import ConfigError
 from rasa.io import write_text
 from rasa.variants import get_variant
@@ -117,6 +126,8 @@ class Run(_Evaluated):
     tokens: str
     generator: str | None = None  # the f-RTD generator file the run reads, if any
     transfers: tuple[Transfer, ...] = ()
+    weights: str | None = None  # the weights file the run starts from, if any
+    weights_url: tuple[str, str] | None = None  # (url, sha256) when the workflow fetches it
 
     @property
     def name(self) -> str:
@@ -157,6 +168,11 @@ class Plan:
         return {r.generator: (r.annotations, r.tokens) for r in self.runs.values() if r.generator}
 
     @property
+    def weights(self) -> dict[str, tuple[str, str]]:
+        """Fetched weights file -> (url, sha256); weights given by path are not built."""
+        return {r.weights: r.weights_url for r in self.runs.values() if r.weights_url}
+
+    @property
     def evaluations(self) -> list[tuple[str, str]]:
         """(metrics, topk) of every test evaluation: runs, then transfers."""
         out = [(r.metrics, r.topk) for _, r in sorted(self.runs.items())]
@@ -190,6 +206,7 @@ class Plan:
         out |= {r.train_dir for r in self.runs.values()}
         out |= {f for pair in self.evaluations for f in pair}
         out |= set(self.generators)
+        out |= set(self.weights)
         out |= set(self.report_outputs)
         return out
 
@@ -226,9 +243,16 @@ def make_plan(params: dict[str, Any], suite: str | None = None) -> Plan:
             transfers.append(Transfer(name, target, datasets[target].annotations, target_tokens))
         needs = get_variant(exp["variant"]).needs_generator
         generator = str(generator_path(tokens)) if needs else None
-        runs[name] = Run(
-            name, exp["dataset"], exp["backbone"], tok, ann, tokens, generator, tuple(transfers)
+        backbone = exp["backbone"]
+        weights = resolve_pretrained(
+            params["backbones"][backbone].get("pretrained"), backbone, root
         )
+        path = weights["path"] if isinstance(weights, dict) else None
+        url = (weights["url"], weights["sha256"]) if path and weights["url"] else None
+        runs[name] = Run(
+            name, exp["dataset"], backbone, tok, ann, tokens, generator, tuple(transfers),
+            path, url,
+        )  # fmt: skip
     return Plan(suite, datasets, runs)
 
 
@@ -261,11 +285,17 @@ def dvc_grid(plan: Plan) -> dict[str, Any]:
                                      or plan.datasets[ds].annotations}
         for path, (ds, tok) in sorted(plan.tokens.items())
     }  # fmt: skip
+    weights = {
+        f"{Path(path).parent.name}-{Path(path).name}": {"url": url, "sha256": sha, "out": path}
+        for path, (url, sha) in sorted(plan.weights.items())
+    }
     runs = {
         n: {"dataset": r.dataset, "backbone": r.backbone, "annotations": r.annotations,
             "tokens": r.tokens,
             # f-RTD runs read the generator; other runs repeat the token cache (DVC allows it)
             "generator": r.generator or r.tokens,
+            # the weights file a run starts from (else, again, a repeat of the token cache)
+            "weights": r.weights or r.tokens,
             "train_dir": r.train_dir, "metrics": r.metrics, "topk": r.topk}
         for n, r in sorted(plan.runs.items())
     }  # fmt: skip
@@ -290,6 +320,7 @@ def dvc_grid(plan: Plan) -> dict[str, Any]:
         "runs": runs,
         "generators": generators,
         "transfers": transfers,
+        "weights": weights,
         "report_annotations": plan.report_annotations,
         "report_dir": plan.report_dir,
         # one string: DVC cannot interpolate a list into a command

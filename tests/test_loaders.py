@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rasa.errors import DataError
-from rasa.models import create_model
+from rasa.models import RaSaModel, create_model
 from rasa.models.loaders import export_official, load_albef, load_official, load_tcl
 from rasa.models.loaders.official import ours_to_official
 
@@ -257,7 +257,9 @@ def test_registry_pretrained_paths(tmp_path):
     ours = create_model(
         "tiny", pretrained=tmp_path / "ours.pth", **{**SIZES, "image_size": (32, 32)}
     )
-    assert_same_state(m, ours)
+    # a starting point: the queues (another run's features and ids) start fresh
+    assert_same_state(m, ours, skip=RaSaModel.QUEUE_KEYS)
+    assert sorted(ours.load_report.new) == sorted(RaSaModel.QUEUE_KEYS)
 
 
 # ---------------------------------------------------------------------------- MiniLM
@@ -282,7 +284,7 @@ def test_minilm_layout_matches_hf_bert(tmp_path):
     save_file(sd, str(tmp_path / "model.safetensors"))
     m = create_model("tiny", **{**SIZES, "fusion_layer": 2})
     rep = load_minilm_text(m, tmp_path)
-    assert rep.ok and any("pooler" in n for n in rep.notes)
+    assert rep.ok and any("pooler" in k for k in rep.dropped)
     assert "text_encoder.encoder.layer.2.crossattention.self.key.weight" in rep.new
     assert "text_encoder.encoder.layer.2.attention.self.key.weight" in rep.loaded
     _, ids, mask = inputs()

@@ -17,7 +17,7 @@ from rasa.data.annotations import Annotations, Record
 from rasa.engine import loop
 from rasa.engine.checkpoint import BEST, LAST
 from rasa.engine.loop import PreemptionSignals, TrainingRun
-from rasa.engine.runtime import NEW_HEADS, Schedule, carve_validation, make_optimizer, param_groups
+from rasa.engine.runtime import Schedule, carve_validation, make_optimizer, param_groups
 from rasa.engine.test_scores import SCORES, evaluation_key, file_sha256, load_scores
 from rasa.models import create_model
 
@@ -49,8 +49,8 @@ def test_param_groups_split_loaded_new_decay_and_frozen():
     assert id(frozen) not in member  # frozen (and the momentum copy): in no group
     params = dict(model.named_parameters())
     expected = {
-        "itm_head.weight": "new",  # a head is new even when the checkpoint had it
-        "itm_head.bias": "new_no_decay",
+        "itm_head.weight": "pretrained",  # loaded: lr, as ALBEF's ITM head in the official code
+        "itm_head.bias": "pretrained_no_decay",
         "vision_proj.weight": "new",  # not in the checkpoint
         "text_encoder.encoder.layer.0.attention.self.query.weight": "pretrained",
         "text_encoder.encoder.layer.0.attention.self.query.bias": "pretrained_no_decay",
@@ -60,7 +60,7 @@ def test_param_groups_split_loaded_new_decay_and_frozen():
     }
     for name, group in expected.items():
         assert member[id(params[name])] == group, name
-    assert all(n.startswith(NEW_HEADS) or n == "vision_proj.weight" or "new" not in member[id(p)]
+    assert all((n == "vision_proj.weight") == member[id(p)].startswith("new")
                for n, p in params.items() if p.requires_grad)  # fmt: skip
     assert groups["pretrained"]["lr"] == 1e-5 and groups["new"]["lr"] == 1e-4
     assert groups["pretrained"]["weight_decay"] == 0.02

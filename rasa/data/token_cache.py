@@ -8,8 +8,10 @@ caption order of :meth:`Annotations.captions`: row ``i`` is caption ``i``) and w
   ``add_sep=False``, the official ALBEF/RaSa layout);
 - ``mask`` uint8 ``(N, max_len)``: 1 on real tokens;
 - ``meta`` a JSON string: spec, key, vocab_size, special ids, add_sep, max_len, the number of
-  captions, a hash of the captions, and ``tokenizer_json`` (``Tokenizer.to_str()``) so the exact
-  tokenizer is rebuilt with ``Tokenizer.from_str``.
+  captions, a hash of the captions, ``tokenizer_json`` (``Tokenizer.to_str()``) so the exact
+  tokenizer is rebuilt with ``Tokenizer.from_str``, and ``tokenizer_sha256``, the tokenizer's
+  identity hash (:func:`rasa.data.tokenizer.tokenizer_sha256`) that checkpoints are compared
+  with.
 
 The cache is keyed by a sha256 over the spec, the tokenizer JSON, ``max_len``, ``add_sep`` and
 every caption (raw and cleaned) in order: a fresh cache with the same key is reused as is, and a
@@ -31,8 +33,16 @@ from tokenizers import Tokenizer
 
 from rasa.data.annotations import Annotations
 from rasa.data.text import clean_caption
-from rasa.data.tokenizer import encode_captions, get_tokenizer, special_ids
-from rasa.errors import DataError
+from rasa.data.tokenizer import (
+    describe_record,
+    encode_captions,
+    get_tokenizer,
+    spec_layout,
+    special_ids,
+    tokenizer_record,
+    tokenizer_sha256,
+)
+from rasa.errors import ConfigError, DataError
 from rasa.io import atomic_open
 
 CACHE_FORMAT = 1
@@ -105,6 +115,48 @@ class TokenCache:
     @property
     def unk_id(self) -> int:
         return int(self.meta["unk_id"])
+
+    @property
+    def tokenizer_sha256(self) -> str:
+        """The identity hash of the tokenizer that wrote the cache (computed for old caches)."""
+        if not self.meta.get("tokenizer_sha256"):
+            self.meta["tokenizer_sha256"] = tokenizer_sha256(self.meta["tokenizer_json"])
+        return str(self.meta["tokenizer_sha256"])
+
+    def tokenizer_record(self) -> dict:
+        """The record of this cache's tokenizer that checkpoints carry (plain data)."""
+        record = tokenizer_record(
+            self.meta["tokenizer_json"], self.meta.get("spec", ""),
+            bool(self.meta.get("add_sep", True)), self.max_len,
+        )  # fmt: skip
+        if record["sha256"] != self.tokenizer_sha256:
+            raise DataError(
+                f"token cache {self.path or '(in memory)'}: its tokenizer JSON does not match "
+                "its recorded tokenizer_sha256; rebuild it with `rasa data tokenize`."
+            )
+        return record
+
+    def check_tokenizer(self, record: dict | None, source: object) -> None:
+        """Raise :class:`ConfigError` unless this cache was made by the tokenizer of ``record``
+        (the record a checkpoint carries; ``source`` names that checkpoint).
+
+        Identity hashes are compared, not vocabulary sizes: two tokenizers of one size give the
+        same caption different ids.
+        """
+        if not record or record.get("sha256") == self.tokenizer_sha256:
+            return
+        if str(source).endswith((".pt", ".pth")) and record.get("tokenizer_json"):
+            hint = f"`rasa data tokenize --tokenizer checkpoint:{source}`"
+        else:
+            spec = str(record.get("spec"))
+            sep = "" if record.get("add_sep", True) or spec.endswith("+nosep") else " --no-sep"
+            hint = f"`rasa data tokenize --tokenizer {spec}{sep}`"
+        raise ConfigError(
+            f"token cache {self.path or '(in memory)'} was made by another tokenizer than "
+            f"{source}: the cache has {describe_record(self.tokenizer_record())}, the model "
+            f"was trained with {describe_record(record)}. Token ids would mean other words; "
+            f"tokenize the captions with the model's tokenizer ({hint})."
+        )
 
     def tokenizer(self) -> Tokenizer:
         """The exact tokenizer that wrote the cache (layout, truncation and padding included)."""
@@ -180,6 +232,7 @@ def build_cache(
     """
     annotations = Annotations.load(annotations_path)
     out = Path(out)
+    add_sep = spec_layout(spec, add_sep)[1]
     tok = get_tokenizer(spec, annotations, add_sep=add_sep, max_len=max_len)
     tokenizer_json = tok.to_str()
     captions = [c for _, _, c in annotations.captions()]
@@ -202,6 +255,7 @@ def build_cache(
         "dataset": annotations.dataset,
         "at_max_len": int((mask.sum(1) == max_len).sum()),
         "tokenizer_json": tokenizer_json,
+        "tokenizer_sha256": tokenizer_sha256(tokenizer_json),
     }
     with atomic_open(out, "wb") as fh:  # a file object: np.savez adds no ".npz" suffix
         np.savez(fh, ids=ids, mask=mask, meta=np.array(json.dumps(meta, sort_keys=True)))

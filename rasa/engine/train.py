@@ -45,6 +45,7 @@ from rasa.engine.runtime import (
     Schedule,
     alpha_at,
     build_model,
+    load_summary,
     load_training_data,
     lr_factor,
     make_loss_config,
@@ -120,7 +121,7 @@ def train(
 
     # ---- model and optimizer (same seed on every rank: identical initial weights) ---------
     seed_everything(cfg.seed)
-    model = build_model(cfg.backbone, cfg.model, cache).to(dev)
+    model = build_model(cfg.backbone, cfg.model, cache, cfg.pretrained).to(dev)
     if dist.rank:  # other dropout draws per rank (rank 0 keeps the one-process stream)
         seed_everything(cfg.seed + dist.rank)
     mc = model.config
@@ -156,6 +157,7 @@ def train(
         f"device {dev}; p_weak {p_weak:.3f}; {unwrap(model).num_parameters():,} parameters. "
         f"{val_note}",
     )
+    run.log.text(load_summary(model, optimizer))
 
     step_module = StepModule(model, variant, loss_cfg, token_generator)
     if dist.enabled:

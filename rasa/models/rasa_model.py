@@ -40,6 +40,17 @@ class RaSaModel(nn.Module):
         ("mlm_head", "mlm_head_m"),
         ("text_proj", "text_proj_m"),
     )
+    # Key prefixes of the parts a starting checkpoint may lack, by what they are. Loaders take
+    # their "new" (initialised fresh, trained at lr_new) lists from here, nowhere else.
+    HEADS = {
+        "itm": ("itm_head.",),
+        "prd": ("prd_head.",),
+        "rtd": ("mrtd_head.",),
+        "mlm": ("mlm_head.transform.", "mlm_head.decoder.bias"),
+    }
+    RASA_HEADS = HEADS["prd"] + HEADS["rtd"]  # RaSa's own heads: absent from ALBEF/TCL
+    MOMENTUM_PREFIXES = tuple(f"{m}." for _, m in MOMENTUM_PAIRS)
+    QUEUE_KEYS = ("image_queue", "text_queue", "idx_queue", "queue_ptr")
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -219,6 +230,15 @@ class RaSaModel(nn.Module):
             for pm in ema:
                 params.pop(id(pm), None)
         return sum(p.numel() for p in params.values())
+
+
+def variant_heads(variant: str) -> tuple[str, ...]:
+    """Key prefixes of the heads a Table 4 variant trains (``RaSaModel.HEADS``)."""
+    from rasa.variants import get_variant
+
+    v = get_variant(variant)
+    used = [("itm", v.itm is not None), ("prd", v.prd), ("mlm", v.mlm), ("rtd", v.rtd is not None)]
+    return tuple(p for kind, on in used if on for p in RaSaModel.HEADS[kind])
 
 
 def build_image_encoder(cfg: ModelConfig) -> nn.Module:

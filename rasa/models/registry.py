@@ -10,7 +10,12 @@ Backbones (DESIGN.md "Model", paper §4.1 and Table 8):
   from a local OpenAI-layout state dict;
 * ``official`` an official RaSa checkpoint (``pretrained=path``, sizes read from it).
 
-``pretrained`` may also name a checkpoint of ours (``{'model': state_dict}``) for any backbone.
+``pretrained`` may also name a checkpoint of ours (written by ``rasa train``/``rasa pretrain``,
+:mod:`rasa.models.loaders.ours`) for any backbone; ``"none"`` or ``False`` means random init.
+Each backbone declares its default weights (:func:`default_weights`): ``none`` (random init),
+``packaged`` (shipped by a pip package, loaded when ``pretrained`` is None) or ``required`` (a
+checkpoint the user gives; training refuses to start without one, params key
+``backbones.<name>.pretrained``).
 """
 
 from __future__ import annotations
@@ -21,49 +26,91 @@ from typing import Any
 
 from rasa.errors import ConfigError
 from rasa.models.config import ModelConfig
-from rasa.models.loaders.common import load_into, read_checkpoint
+from rasa.models.loaders.ours import load_ours
 from rasa.models.rasa_model import RaSaModel
 
 Builder = Callable[..., RaSaModel]
 _REGISTRY: dict[str, Builder] = {}
+_CONFIGS: dict[str, ModelConfig] = {}
+_WEIGHTS: dict[str, str] = {}
+WEIGHT_KINDS = ("none", "packaged", "required")
 
 
-def register_model(fn: Builder) -> Builder:
-    """Register ``fn(pretrained=None, **overrides) -> RaSaModel`` under its function name."""
-    name = fn.__name__
-    if name in _REGISTRY:
-        raise ConfigError(f"Backbone {name!r} is registered twice.")
-    _REGISTRY[name] = fn
-    return fn
+def register_model(
+    fn: Builder | None = None, *, config: ModelConfig | None = None, weights: str = "none"
+) -> Any:
+    """Register ``fn(pretrained=None, **overrides) -> RaSaModel`` under its function name.
+
+    ``config``: the backbone's base architecture (our checkpoints of it are rebuilt from their
+    own); ``weights``: its default weights, one of :data:`WEIGHT_KINDS`. Usable bare
+    (``@register_model``) or with arguments.
+    """
+    if weights not in WEIGHT_KINDS:
+        raise ConfigError(f"register_model: weights={weights!r}; expected one of {WEIGHT_KINDS}.")
+
+    def register(f: Builder) -> Builder:
+        name = f.__name__
+        if name in _REGISTRY:
+            raise ConfigError(f"Backbone {name!r} is registered twice.")
+        _REGISTRY[name] = f
+        _WEIGHTS[name] = weights
+        if config is not None:
+            _CONFIGS[name] = config
+        return f
+
+    return register(fn) if fn is not None else register
 
 
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(
-    name: str, pretrained: str | Path | bool | None = None, **overrides: Any
-) -> RaSaModel:
-    """Build backbone ``name``; ``overrides`` replace :class:`ModelConfig` fields."""
+def _check_name(name: str) -> None:
     if name not in _REGISTRY:
         raise ConfigError(
             f"Unknown backbone {name!r}; known backbones: {', '.join(list_models())}."
         )
+
+
+def default_weights(name: str) -> str:
+    """``none``, ``packaged`` or ``required``: what backbone ``name`` starts from by default."""
+    _check_name(name)
+    return _WEIGHTS[name]
+
+
+def create_model(
+    name: str, pretrained: str | Path | bool | None = None, **overrides: Any
+) -> RaSaModel:
+    """Build backbone ``name``; ``overrides`` replace :class:`ModelConfig` fields.
+
+    ``pretrained``: None (the backbone's default weights), ``"none"``/``False`` (random init),
+    or a path: one of our checkpoints (any backbone) or the backbone's own layout.
+    """
+    _check_name(name)
+    if pretrained == "none":
+        pretrained = False
+    if pretrained and name in _CONFIGS and is_our_checkpoint(pretrained):
+        return load_ours(pretrained, _CONFIGS[name], **overrides)
     return _REGISTRY[name](pretrained=pretrained, **overrides)
 
 
-def load_ours(model: RaSaModel, path: str | Path) -> RaSaModel:
-    """Strictly load one of our checkpoints (``{'model': sd}`` or a bare state dict)."""
-    sd, _ = read_checkpoint(path)
-    model.load_report = load_into(model, sd, str(path))
-    return model
+def is_our_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a checkpoint written by rasa (it stores its ``model_config``)."""
+    import torch
+
+    try:  # memory-mapped: only the small entries are read here
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not ours; the backbone's loader reports what it is
+        return False
+    return isinstance(obj, dict) and isinstance(obj.get("model_config"), dict)
 
 
 def _build(config: ModelConfig, pretrained: Any, overrides: dict[str, Any]) -> RaSaModel:
-    model = RaSaModel(config.replace(**overrides))
+    """``config`` with ``overrides``; from a checkpoint of ours (or a bare state dict of that
+    architecture) when ``pretrained`` is a path."""
     if pretrained:
-        load_ours(model, pretrained)
-    return model
+        return load_ours(pretrained, config, **overrides)
+    return RaSaModel(config.replace(**overrides))
 
 
 # ---------------------------------------------------------------------------- backbones
@@ -128,13 +175,13 @@ CLIP_B16 = ModelConfig(
 )
 
 
-@register_model
+@register_model(config=TINY, weights="none")
 def tiny(pretrained: Any = None, **overrides: Any) -> RaSaModel:
     """4-layer ViT-128/16 + 2+2-layer BERT-128, from scratch (CPU-sized)."""
     return _build(TINY, pretrained, overrides)
 
 
-@register_model
+@register_model(config=MINILM, weights="packaged")
 def minilm(pretrained: Any = None, **overrides: Any) -> RaSaModel:
     """MiniLM-L6 text (3 text + 3 fusion layers) + 6-layer ViT-384/16 from scratch.
 
@@ -143,15 +190,15 @@ def minilm(pretrained: Any = None, **overrides: Any) -> RaSaModel:
     """
     from rasa.models.loaders.minilm import load_minilm_text
 
+    if pretrained:
+        return load_ours(pretrained, MINILM, **overrides)
     model = RaSaModel(MINILM.replace(**overrides))
     if pretrained is None:
         model.load_report = load_minilm_text(model)
-    elif pretrained:
-        load_ours(model, pretrained)
     return model
 
 
-@register_model
+@register_model(config=BASE, weights="required")
 def albef(pretrained: Any = None, **overrides: Any) -> RaSaModel:
     """ViT-B/16 + BERT-base 6+6 at 384x384 from an ALBEF checkpoint (random init without)."""
     from rasa.models.loaders.albef import load_albef
@@ -161,7 +208,7 @@ def albef(pretrained: Any = None, **overrides: Any) -> RaSaModel:
     return _build(BASE, None, overrides)
 
 
-@register_model
+@register_model(config=BASE.replace(name="tcl"), weights="required")
 def tcl(pretrained: Any = None, **overrides: Any) -> RaSaModel:
     """Like ``albef`` but initialised from a TCL checkpoint."""
     from rasa.models.loaders.albef import load_tcl
@@ -171,7 +218,7 @@ def tcl(pretrained: Any = None, **overrides: Any) -> RaSaModel:
     return _build(BASE.replace(name="tcl"), None, overrides)
 
 
-@register_model
+@register_model(config=CLIP_B16, weights="required")
 def clip(pretrained: Any = None, **overrides: Any) -> RaSaModel:
     """RaSa_CLIP (Table 8): CLIP ViT-B/16 towers from an OpenAI-layout state dict + 1 cross layer."""
     from rasa.models.loaders.clip import load_clip
@@ -181,7 +228,7 @@ def clip(pretrained: Any = None, **overrides: Any) -> RaSaModel:
     return _build(CLIP_B16, None, overrides)
 
 
-@register_model
+@register_model(weights="required")
 def official(pretrained: Any = None, **overrides: Any) -> RaSaModel:
     """An official RaSa checkpoint (``config_bert.json`` beside it); sizes come from the file."""
     from rasa.models.loaders.official import load_official

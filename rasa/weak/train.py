@@ -44,6 +44,7 @@ from rasa.engine.loop import PreemptionSignals, TrainingRun
 from rasa.engine.runtime import (
     Schedule,
     build_model,
+    load_summary,
     load_training_data,
     make_loss_config,
     make_optimizer,
@@ -257,7 +258,7 @@ def train_cmmt(
     loss_cfg = make_loss_config(cfg.loss, cache)
 
     seed_everything(cfg.seed)
-    model = build_model(cfg.backbone, cfg.model, cache).to(dev)
+    model = build_model(cfg.backbone, cfg.model, cache, cfg.pretrained).to(dev)
     mc = model.config
     base = TrainDataset(
         ann, cfg.annotations, cache, split="train", image_size=tuple(mc.image_size), p_weak=0.0,
@@ -288,6 +289,7 @@ def train_cmmt(
         f"pairs (no identities), {schedule.steps_per_epoch} steps/epoch, "
         f"{schedule.total_steps} steps; device {dev}; cmmt {asdict(cc)}. {val_note}",
     )
+    log.text(load_summary(model, optimizer))
     write_json(run.out / "cmmt_config.json", asdict(cc))
 
     with PreemptionSignals() as signals:

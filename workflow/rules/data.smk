@@ -45,6 +45,26 @@ rule fetch:
         "--extract --out {output.raw} > {log} 2>&1"
 
 
+rule fetch_weights:
+    # a backbone's weights given as {url, sha256} in params (backbones.<name>.pretrained)
+    output:
+        weights="{weights}",
+    log:
+        "logs/fetch/{weights}.log",
+    wildcard_constraints:
+        weights=regex(PLAN.weights),
+    conda:
+        ENV
+    resources:
+        runtime=step_resources("data")["runtime"],
+    params:
+        cli=RASA,
+        source=lambda w: PLAN.weights[w.weights],
+    shell:
+        "{params.cli} data fetch --url {params.source[0]} --sha256 {params.source[1]} "
+        "--out {output.weights} > {log} 2>&1"
+
+
 rule parse:
     input:
         raw=lambda w: PLAN.datasets[w.dataset].require_raw(),

@@ -12,6 +12,8 @@ rule train:
         annotations=lambda w: PLAN.runs[w.experiment].annotations,
         tokens=lambda w: PLAN.runs[w.experiment].tokens,
         generator=lambda w: PLAN.runs[w.experiment].generator or [],
+        # the starting weights (backbones.<name>.pretrained): a local file or fetched
+        weights=lambda w: PLAN.runs[w.experiment].weights or [],
     output:
         done="checkpoints/{experiment}/metrics.json",
     log:

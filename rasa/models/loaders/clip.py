@@ -21,7 +21,13 @@ from torch import Tensor
 
 from rasa.errors import DataError
 from rasa.models.config import ModelConfig
-from rasa.models.loaders.common import count_layers, load_into, read_checkpoint, require
+from rasa.models.loaders.common import (
+    count_layers,
+    foreign_new_prefixes,
+    load_into,
+    read_checkpoint,
+    require,
+)
 from rasa.models.rasa_model import RaSaModel
 from rasa.models.vit import interpolate_pos_embed, pos_grid
 
@@ -102,24 +108,9 @@ def clip_to_ours(sd: dict[str, Tensor], cfg: ModelConfig, notes: list[str]) -> d
     return out
 
 
-NEW_PREFIXES = (
-    "text_encoder.fusion.",
-    "mlm_head.transform.",
-    "mlm_head.decoder.bias",
-    "itm_head.",
-    "prd_head.",
-    "mrtd_head.",
-    "temp",
-    "visual_encoder_m.",
-    "text_encoder_m.",
-    "mlm_head_m.",
-    "vision_proj_m.",
-    "text_proj_m.",
-    "image_queue",
-    "text_queue",
-    "idx_queue",
-    "queue_ptr",
-)
+# Besides heads, queues and the momentum copy (foreign_new_prefixes): the cross encoder, and
+# the temperature when the state dict has no logit_scale.
+CLIP_NEW = ("text_encoder.fusion.", "temp")
 
 
 def load_clip(
@@ -138,9 +129,8 @@ def load_clip(
     notes: list[str] = []
     state = clip_to_ours(sd, cfg, notes)
     model = RaSaModel(cfg)
-    report = load_into(
-        model, state, str(path), new_prefixes=NEW_PREFIXES, strict=strict, notes=notes
-    )
+    new = foreign_new_prefixes(state, CLIP_NEW)
+    report = load_into(model, state, str(path), new_prefixes=new, strict=strict, notes=notes)
     model.copy_params_to_momentum()
     model.load_report = report
     return model

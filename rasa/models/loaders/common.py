@@ -17,13 +17,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rasa.errors import DataError
+from rasa.errors import ConfigError, DataError
 from rasa.models.rasa_model import RaSaModel
+
+BERT_VOCAB_SIZE = 30522  # bert-base-uncased, the vocabulary of ALBEF, TCL and RaSa
 
 
 @dataclass
 class LoadReport:
-    """What happened to every key of a checkpoint load."""
+    """What happened to every key of a checkpoint load.
+
+    ``loaded``: model keys copied from the checkpoint (trained at ``train.lr``); ``new``: model
+    keys the checkpoint lacks by design (heads, queues, ...), initialised fresh and trained at
+    ``train.lr_new``; ``dropped``: checkpoint keys deliberately not used (buffers, duplicates,
+    heads a run re-initialises); ``missing`` / ``unexpected``: errors of a strict load.
+    """
 
     source: str
     loaded: list[str] = field(default_factory=list)
@@ -31,21 +39,25 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.missing and not self.unexpected
 
     def format(self) -> str:
+        """The report grouped by key prefix (layer numbers folded), one line per kind."""
         lines = [f"loaded {len(self.loaded)} tensors from {self.source}"]
         for title, keys in (
+            ("loaded", self.loaded),
             ("new (initialised fresh)", self.new),
+            ("dropped", self.dropped),
             ("missing", self.missing),
             ("unexpected", self.unexpected),
         ):
             if keys:
-                lines.append(f"{title}: {group_keys(keys)}")
-        lines.extend(self.notes)
+                lines.append(f"  {title}: {group_keys(keys)}")
+        lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
 
@@ -77,6 +89,119 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
         f"Checkpoint {path}: expected a state dict or a dict with key 'model' holding one, "
         f"got {type(obj).__name__} with keys {list(obj)[:10] if isinstance(obj, dict) else '-'}."
     )
+
+
+def official_tokenizer(model: RaSaModel, source: str, notes: list[str]) -> None:
+    """Give ``model`` the tokenizer record of ALBEF/TCL/official RaSa checkpoints (BERT uncased,
+    no ``[SEP]``) when it embeds BERT's 30,522 pieces; other vocabularies get none (only their
+    size can be checked)."""
+    from rasa.data.tokenizer import official_tokenizer_record
+
+    model.tokenizer_source = source
+    if model.config.vocab_size != BERT_VOCAB_SIZE:
+        notes.append(
+            f"tokenizer: vocabulary of {model.config.vocab_size} (not BERT uncased's "
+            f"{BERT_VOCAB_SIZE}); no tokenizer recorded, only its size is checked"
+        )
+        return
+    try:
+        model.tokenizer_record = official_tokenizer_record()
+    except ConfigError as err:
+        notes.append(f"tokenizer: BERT uncased not recorded ({err})")
+
+
+def foreign_new_prefixes(state: dict[str, Tensor], extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """What a checkpoint of another codebase may lack (reported new, not missing): every head
+    (``RaSaModel.HEADS``), the queues, the momentum copy when it has none at all, and
+    ``extra`` (loader-specific modules, e.g. MiniLM's ViT). Anything else missing is an error."""
+    heads = with_momentum(tuple(p for group in RaSaModel.HEADS.values() for p in group))
+    new = heads + RaSaModel.QUEUE_KEYS + extra
+    if not has_momentum(state):
+        new += RaSaModel.MOMENTUM_PREFIXES
+    return new
+
+
+def with_momentum(prefixes: tuple[str, ...]) -> tuple[str, ...]:
+    """``prefixes`` and their momentum counterparts (``mlm_head.`` -> ``mlm_head_m.``)."""
+    out = list(prefixes)
+    for online, momentum in RaSaModel.MOMENTUM_PAIRS:
+        out += [momentum + p[len(online) :] for p in prefixes if p.startswith(online + ".")]
+    return tuple(out)
+
+
+def has_momentum(state: dict[str, Tensor]) -> bool:
+    """Whether a state dict (our key names) holds any momentum weights."""
+    return any(k.startswith(RaSaModel.MOMENTUM_PREFIXES) for k in state)
+
+
+def bert_vit_sizes(sd: dict[str, Tensor], text: str, source: str) -> dict[str, Any]:
+    """:class:`ModelConfig` sizes read from the tensors of a timm-ViT + BERT state dict whose
+    BERT keys start with ``text`` (``text_encoder.`` or ``text_encoder.bert.``). Head counts are
+    not in the shapes: see :func:`attention_heads`."""
+    patch = require(sd, "visual_encoder.patch_embed.proj.weight", source)
+    word = require(sd, text + "embeddings.word_embeddings.weight", source)
+    num_layers = count_layers(sd, text + "encoder.layer")
+    layer0 = text + "encoder.layer.0."
+    return dict(
+        patch_size=patch.shape[-1],
+        vision_width=patch.shape[0],
+        vision_depth=count_layers(sd, "visual_encoder.blocks"),
+        vision_mlp_dim=require(sd, "visual_encoder.blocks.0.mlp.fc1.weight", source).shape[0],
+        vocab_size=word.shape[0],
+        text_width=word.shape[1],
+        text_intermediate=require(sd, layer0 + "intermediate.dense.weight", source).shape[0],
+        num_layers=num_layers,
+        fusion_layer=first_cross_layer(sd, text + "encoder.layer", num_layers),
+        max_position_embeddings=require(
+            sd, text + "embeddings.position_embeddings.weight", source
+        ).shape[0],
+        type_vocab_size=require(sd, text + "embeddings.token_type_embeddings.weight", source).shape[
+            0
+        ],
+        embed_dim=require(sd, "vision_proj.weight", source).shape[0],
+    )
+
+
+def attention_heads(
+    sizes: dict[str, Any],
+    bert_heads: int | None,
+    overrides: dict[str, Any],
+    source: str,
+    notes: list[str],
+    bert_file: str = "config_bert.json",
+) -> dict[str, int]:
+    """``text_heads`` / ``vision_heads`` of a checkpoint: tensor shapes do not encode them.
+
+    From the BERT config beside the checkpoint (``bert_heads``) or params (``overrides``), used
+    for both the text and the ViT side; every number given must agree. With none, width / 64
+    (ViT-B/16's and BERT-base's head width), said in the load report.
+    """
+    given = {f"{bert_file} num_attention_heads": bert_heads}
+    given.update({f"model.{k}": overrides.get(k) for k in ("text_heads", "vision_heads")})
+    given = {k: int(v) for k, v in given.items() if v is not None}
+    if len(set(given.values())) > 1:
+        raise ConfigError(
+            f"Checkpoint {source}: attention head counts disagree ("
+            + ", ".join(f"{k} = {v}" for k, v in given.items())
+            + "); the text encoder and the ViT of this layout use one head count: give one."
+        )
+    if given:
+        heads = next(iter(given.values()))
+        where = " and ".join(given)
+        for width in (sizes["text_width"], sizes["vision_width"]):
+            if width % heads:
+                raise ConfigError(
+                    f"Checkpoint {source}: {heads} attention heads ({where}) do not divide "
+                    f"width {width}."
+                )
+        notes.append(f"attention heads: {heads} (from {where}), text and ViT")
+        return {"text_heads": heads, "vision_heads": heads}
+    text, vision = max(1, sizes["text_width"] // 64), max(1, sizes["vision_width"] // 64)
+    notes.append(
+        f"attention heads: not recorded with the checkpoint ({bert_file} beside it) nor in "
+        f"params (model.text_heads): assumed width / 64 = {text} (text), {vision} (ViT)"
+    )
+    return {"text_heads": text, "vision_heads": vision}
 
 
 def require(sd: dict[str, Tensor], key: str, source: str) -> Tensor:
@@ -122,12 +247,14 @@ def load_into(
     new_prefixes: tuple[str, ...] = (),
     strict: bool = True,
     notes: list[str] | None = None,
+    dropped: list[str] | None = None,
 ) -> LoadReport:
     """Copy ``state`` (already in our key names) into ``model`` and account for every key.
 
     Model keys absent from ``state`` whose name starts with one of ``new_prefixes`` are
-    reported as new (they keep their fresh initialisation). Shape mismatches always raise;
-    missing/unexpected keys raise when ``strict``.
+    reported as new (they keep their fresh initialisation); ``dropped`` lists the checkpoint
+    keys a converter left out on purpose. Shape mismatches always raise; missing/unexpected
+    keys raise when ``strict``.
     """
     report = LoadReport(source=source, notes=list(notes or []))
     own = model.state_dict()
@@ -139,6 +266,7 @@ def load_into(
     if bad_shapes:
         raise DataError(f"Checkpoint {source}: shape mismatch for {'; '.join(bad_shapes)}.")
     report.unexpected = sorted(k for k in state if k not in own)
+    report.dropped = sorted(dropped or [])
     for k in own:
         if k in state:
             report.loaded.append(k)

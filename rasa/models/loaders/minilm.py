@@ -17,29 +17,17 @@ import torch
 from torch import Tensor
 
 from rasa.errors import DataError
-from rasa.models.loaders.common import LoadReport, check_position_ids, load_into
+from rasa.models.loaders.common import (
+    LoadReport,
+    check_position_ids,
+    foreign_new_prefixes,
+    load_into,
+)
 from rasa.models.rasa_model import RaSaModel
 
-NEW_PREFIXES = (
-    "visual_encoder.",
-    "vision_proj.",
-    "text_proj.",
-    "itm_head.",
-    "prd_head.",
-    "mrtd_head.",
-    "temp",
-    "mlm_head.transform.",
-    "mlm_head.decoder.bias",
-    "visual_encoder_m.",
-    "text_encoder_m.",
-    "mlm_head_m.",
-    "vision_proj_m.",
-    "text_proj_m.",
-    "image_queue",
-    "text_queue",
-    "idx_queue",
-    "queue_ptr",
-)
+# Besides heads, queues and the momentum copy (foreign_new_prefixes): the whole image side,
+# the projections and the temperature (MiniLM is a text encoder only).
+MINILM_NEW = ("visual_encoder.", "vision_proj.", "text_proj.", "temp")
 
 
 def minilm_dir() -> Path:
@@ -72,6 +60,7 @@ def hf_bert_to_ours(sd: dict[str, Tensor], source: str) -> tuple[dict[str, Tenso
         key_ = key.removeprefix("bert.")
         if key_ == "embeddings.position_ids":
             check_position_ids(sd, key, source)
+            dropped.append(key)
         elif key_.startswith(("embeddings.", "encoder.layer.")):
             out["text_encoder." + key_] = value
         else:
@@ -90,8 +79,8 @@ def load_minilm_text(model: RaSaModel, path: str | Path | None = None) -> LoadRe
         f"text_encoder.encoder.layer.{i}.crossattention."
         for i in range(fusion, model.config.num_layers)
     )
-    notes = [f"dropped (unused by RaSa): {', '.join(sorted(dropped))}"] if dropped else []
-    report = load_into(model, state, str(src), new_prefixes=NEW_PREFIXES + cross, notes=notes)
+    new = foreign_new_prefixes(state, MINILM_NEW + cross)
+    report = load_into(model, state, str(src), new_prefixes=new, dropped=dropped)
     with torch.no_grad():
         model.copy_params_to_momentum()
     return report

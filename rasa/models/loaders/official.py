@@ -22,11 +22,11 @@ from rasa.io import torch_save, write_json
 from rasa.models.config import ModelConfig
 from rasa.models.loaders.common import (
     LoadReport,
+    bert_vit_sizes,
     check_position_ids,
     check_tied,
-    count_layers,
-    first_cross_layer,
     load_into,
+    official_tokenizer,
     read_checkpoint,
     require,
 )
@@ -37,18 +37,24 @@ from rasa.models.vit import interpolate_pos_embed, pos_grid
 TEXT_PREFIXES = (("text_encoder", "mlm_head"), ("text_encoder_m", "mlm_head_m"))
 
 
-def official_to_ours(sd: dict[str, Tensor], source: str) -> dict[str, Tensor]:
-    """Rename official keys to ours, checking tied/duplicate keys and dropping buffers."""
+def official_to_ours(
+    sd: dict[str, Tensor], source: str, dropped: list[str] | None = None
+) -> dict[str, Tensor]:
+    """Rename official keys to ours, checking tied/duplicate keys and dropping buffers.
+
+    Takes the pre-training layout (``text_encoder.bert.*`` + ``text_encoder.cls.*``) and the
+    fine-tuned retrieval layout of ALBEF's/TCL's ``Retrieval.py`` (``text_encoder.*``, a plain
+    BERT without MLM head). The keys left out (position-id buffers, the duplicate MLM bias)
+    are appended to ``dropped``.
+    """
     out: dict[str, Tensor] = {}
+    dropped = dropped if dropped is not None else []
     for key, value in sd.items():
         new = key
         for text, head in TEXT_PREFIXES:
             bert, cls = f"{text}.bert.", f"{text}.cls.predictions."
             if key.startswith(bert):
                 new = text + "." + key[len(bert) :]
-                if new.endswith("embeddings.position_ids"):
-                    check_position_ids(sd, key, source)
-                    new = ""
             elif key.startswith(cls):
                 rest = key[len(cls) :]
                 new = f"{head}.{rest}"
@@ -62,8 +68,13 @@ def official_to_ours(sd: dict[str, Tensor], source: str) -> dict[str, Tensor]:
                     word = bert + "embeddings.word_embeddings.weight"
                     if word in sd:
                         check_tied(sd, key, sd[word], word, source)
+            if new == f"{text}.embeddings.position_ids":  # a buffer in both layouts
+                check_position_ids(sd, key, source)
+                new = ""
         if new:
             out[new] = value
+        else:
+            dropped.append(key)
     for text, head in TEXT_PREFIXES:  # the tied decoder weight is a key of our state dict
         word = f"{text}.embeddings.word_embeddings.weight"
         if word in out:
@@ -96,35 +107,18 @@ def infer_config(
 ) -> ModelConfig:
     """A :class:`ModelConfig` from checkpoint shapes + BERT config + training resolution."""
     t = "text_encoder.bert."
-    patch = require(sd, "visual_encoder.patch_embed.proj.weight", source)
-    word = require(sd, t + "embeddings.word_embeddings.weight", source)
-    num_layers = count_layers(sd, t + "encoder.layer")
-    fusion = bert.get("fusion_layer", first_cross_layer(sd, t + "encoder.layer", num_layers))
-    heads = bert.get("num_attention_heads", word.shape[1] // 64)
+    sizes = bert_vit_sizes(sd, t, source)
+    patch = sd["visual_encoder.patch_embed.proj.weight"]
     cfg: dict[str, Any] = dict(
+        sizes,
         name="official",
         image_size=tuple(image_res) if image_res is not None else square_size(sd, patch, source),
-        patch_size=patch.shape[-1],
-        vision_width=patch.shape[0],
-        vision_depth=count_layers(sd, "visual_encoder.blocks"),
-        vision_mlp_dim=require(sd, "visual_encoder.blocks.0.mlp.fc1.weight", source).shape[0],
-        vocab_size=word.shape[0],
-        text_width=word.shape[1],
-        text_heads=heads,
-        text_intermediate=require(
-            sd, t + "encoder.layer.0.intermediate.dense.weight", source
-        ).shape[0],
-        num_layers=num_layers,
-        fusion_layer=fusion,
-        max_position_embeddings=require(
-            sd, t + "embeddings.position_embeddings.weight", source
-        ).shape[0],
-        type_vocab_size=require(sd, t + "embeddings.token_type_embeddings.weight", source).shape[0],
+        text_heads=bert.get("num_attention_heads", sizes["text_width"] // 64),
+        fusion_layer=bert.get("fusion_layer", sizes["fusion_layer"]),
         layer_norm_eps=bert.get("layer_norm_eps", 1e-12),
         pad_token_id=bert.get("pad_token_id", 0),
         hidden_dropout=bert.get("hidden_dropout_prob", 0.1),
         attention_dropout=bert.get("attention_probs_dropout_prob", 0.1),
-        embed_dim=require(sd, "vision_proj.weight", source).shape[0],
         queue_size=sd["image_queue"].shape[1] if "image_queue" in sd else 65536,
         add_sep=False,  # the official tokenizer writes [CLS] + word pieces, no [SEP]
     )
@@ -186,11 +180,15 @@ def load_official(
     overrides.setdefault("momentum", ckpt_cfg.get("momentum", 0.995))
     overrides.setdefault("temp", float(ckpt_cfg.get("temp", 0.07)))
     cfg = infer_config(sd, bert, image_res, str(path), **overrides)
-    state = official_to_ours(sd, str(path))
+    dropped: list[str] = []
+    state = official_to_ours(sd, str(path), dropped)
     notes: list[str] = []
     resample_pos_embeds(state, cfg, image_res, notes)
     model = RaSaModel(cfg)
-    model.load_report = load_into(model, state, str(path), strict=strict, notes=notes)
+    official_tokenizer(model, str(path), notes)
+    model.load_report = load_into(
+        model, state, str(path), strict=strict, notes=notes, dropped=dropped
+    )
     model.checkpoint_config = dict(ckpt_cfg)  # e.g. k_test, max_words of the official run
     return model
 
