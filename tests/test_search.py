@@ -333,3 +333,28 @@ def test_png_html_and_stdout(trained, folder, tmp_path) -> None:
     assert all((tmp_path / "page" / s).resolve().is_file() for s in links)
     doc = json.loads((tmp_path / "out" / "results.json").read_text())
     assert doc["queries"] == lines and doc["timing"]["search_s"] > 0
+
+
+def test_reranking_only_the_candidates_equals_the_full_gallery(trained, folder) -> None:
+    """A few queries re-rank only their candidates' columns: the scores are those of the
+    evaluation's re-ranker over the whole gallery."""
+    from rasa.engine.evaluate import embed_texts, similarity
+    from rasa.engine.ranking import rerank_topk
+    from rasa.search.gallery import embed_gallery, list_gallery
+    from rasa.search.searcher import encode_queries, load_search_model, rank
+
+    sm = load_search_model(trained["ckpt"], device="cpu", k_test=3)
+    emb = embed_gallery(sm.model, list_gallery(folder), checkpoint_sha="x", resize=sm.resize,
+                        progress=False)  # fmt: skip
+    queries = encode_queries(sm.tokenizer, [QUERY, "a man in a grey shirt and black shoes"])
+    got = rank(sm, queries, emb, n=12)
+    text_tokens, text_feats = embed_texts(sm.model, queries.ids, queries.mask, 8, sm.device)
+    sims = similarity(text_feats, emb.image_feats, sm.device)
+    full = rerank_topk(sm.model, text_tokens, queries.mask, sims, emb.image_tokens, 3)
+    names = [f.name for f in emb.files]
+    for row, q in enumerate(got):
+        order = torch.argsort(full[row], descending=True, stable=True).tolist()
+        assert [h["name"] for h in q["hits"]] == [names[i] for i in order]
+        for h in q["hits"]:
+            assert h["score"] == pytest.approx(float(full[row, names.index(h["name"])]), abs=1e-6)
+        assert sum(h["itm_probability"] is not None for h in q["hits"]) == 3

@@ -73,6 +73,8 @@ def read_queries(args: argparse.Namespace) -> list[str]:
 
 def _search(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    import rasa.engine.evaluate  # noqa: F401 - imported here so that imports_s holds them all
+    import rasa.models  # noqa: F401
     from rasa.search.gallery import default_cache_dir
     from rasa.search.output import write_html, write_pngs, write_results
     from rasa.search.searcher import load_search_model, search

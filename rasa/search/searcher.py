@@ -212,11 +212,17 @@ def rank(
     if k > 0:
         # the union of the queries' candidates, in gallery order (same candidates, same ties)
         cand = torch.unique(top_indices(sims, k, device=dev))
-        sub = rerank_logits(
-            model, text_tokens, queries.mask, sims[:, cand], gallery.image_tokens[cand], k,
-            autocast_dtype=amp,
-        )  # fmt: skip
-        result = RerankResult(cand[sub.topk_index], sub.itm_logits)
+        if cand.numel() == g:  # every image is someone's candidate: no need to select
+            result = rerank_logits(
+                model, text_tokens, queries.mask, sims, gallery.image_tokens, k,
+                autocast_dtype=amp,
+            )  # fmt: skip
+        else:
+            sub = rerank_logits(
+                model, text_tokens, queries.mask, sims[:, cand], gallery.image_tokens[cand], k,
+                autocast_dtype=amp,
+            )  # fmt: skip
+            result = RerankResult(cand[sub.topk_index], sub.itm_logits)
         scores = compose_scores(sims, result, LAYOUT)
         probs = torch.full(sims.shape, float("nan"))
         probs.scatter_(1, result.topk_index, torch.softmax(result.itm_logits, -1)[..., 1])
