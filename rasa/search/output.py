@@ -64,7 +64,7 @@ def plot_query(result: dict[str, Any], dest: str | Path, width: int = 90) -> Pat
         ax.axis("off")
     dest = Path(dest)
     with atomic_path(dest, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return dest
 
