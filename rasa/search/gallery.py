@@ -10,7 +10,7 @@ Embeddings are the evaluation's (:func:`rasa.engine.evaluate.embed_images`, the 
 (model, gallery) in the cache folder, written atomically, no pickles:
 
 - the file name holds the **model key** (sha256 over the checkpoint's sha256, the resize mode,
-  the autocast dtype and the cache format) and the gallery's identity (its resolved folder, or
+  the precision of the embeddings and the cache format) and the gallery's identity (its resolved folder, or
   annotation table + split);
 - inside, every embedded file's name, size and mtime (ns) beside its rows. A search reuses
   the rows of every file whose (name, size, mtime) is unchanged and embeds only the others; a
@@ -239,11 +239,15 @@ def _embed_files(
     return done, tokens, feats, bad
 
 
-def model_key(checkpoint_sha: str, resize: str, dtype: str) -> str:
+def model_key(checkpoint_sha: str, resize: str, amp: torch.dtype | None = None) -> str:
     """What the embeddings depend on besides the image bytes."""
     head = {"format": CACHE_FORMAT, "checkpoint_sha256": checkpoint_sha, "resize": resize,
-            "dtype": dtype}  # fmt: skip
+            "dtype": _precision(amp)}  # fmt: skip
     return hashlib.sha256(json.dumps(head, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _precision(amp: torch.dtype | None) -> str:
+    return "fp32" if amp is None else str(amp).removeprefix("torch.")
 
 
 def cache_path(cache_dir: Path, key: str, gallery: Gallery) -> Path:
@@ -303,7 +307,7 @@ def embed_gallery(
     *,
     checkpoint_sha: str,
     resize: str,
-    dtype: str = "fp32",
+    amp: torch.dtype | None = None,
     cache_dir: Path | None = None,
     batch_size: int = 64,
     device: torch.device | None = None,
@@ -312,16 +316,14 @@ def embed_gallery(
 ) -> GalleryEmbeddings:
     """Embeddings of every readable image of ``gallery``, from the cache where unchanged.
 
-    ``cache_dir`` None: no cache (everything embedded, nothing written). Raises
+    ``amp``: the autocast dtype of the embedding (None: float32). ``cache_dir`` None: no
+    cache (everything embedded, nothing written). Raises
     :class:`DataError` when no image of the gallery is readable.
     """
-    from rasa.engine.evaluate import autocast_dtype
-
     device = device or torch.device("cpu")
-    amp = autocast_dtype(dtype)
     cfg = model.config
     transform = ImageTransform(cfg.image_size, cfg.mean, cfg.std, resize)
-    key = model_key(checkpoint_sha, resize, dtype)
+    key = model_key(checkpoint_sha, resize, amp)
     path = cache_path(cache_dir, key, gallery) if cache_dir is not None else None
     stored = _read_cache(path, key) if path is not None else None
 
@@ -382,7 +384,7 @@ def embed_gallery(
     changed = changed or bad_entries != stored["meta"].get("bad", [])
     if path is not None and changed:
         meta = {"gallery": gallery.source, "checkpoint_sha256": checkpoint_sha,
-                "resize": resize, "dtype": dtype}  # fmt: skip
+                "resize": resize, "dtype": _precision(amp)}  # fmt: skip
         _write_cache(path, key, meta, kept_files, tokens, feats, bad_entries)
     skipped = [{"name": gallery.files[i].name, "reason": reason[i]} for i in sorted(reason)]
     return GalleryEmbeddings(

