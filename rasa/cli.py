@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "rasa.engine.cli",
     "rasa.weak.cli",
     "rasa.report.cli",
+    "rasa.search.cli",
     "rasa.workflow",
 )
 

@@ -339,6 +339,17 @@ def rerank_k(variant: str | None, k_test: int) -> int:
     return k_test if get_variant(variant).itm is not None else 0
 
 
+def run_k_test(config: dict[str, Any]) -> int:
+    """The re-ranking depth a run is evaluated with: its ``eval.k_test`` (128 without one), 0
+    for a variant without ITM (:func:`rerank_k`)."""
+    return rerank_k(config.get("variant"), (config.get("eval") or {}).get("k_test", 128))
+
+
+def run_resize(config: dict[str, Any]) -> str:
+    """The resize mode a run trained with ("stretch" for official checkpoints, else "pad")."""
+    return config.get("resize") or (config.get("train") or {}).get("resize") or "pad"
+
+
 def topk_records(
     annotations: Annotations,
     annotations_path: str | Path,
@@ -445,9 +456,9 @@ def evaluate_checkpoint(
     """
     model, config = load_model_for_eval(checkpoint)
     if k is None:
-        k = rerank_k(config.get("variant"), (config.get("eval") or {}).get("k_test", 128))
+        k = run_k_test(config)
     if resize is None:
-        resize = config.get("resize") or (config.get("train") or {}).get("resize") or "pad"
+        resize = run_resize(config)
     ann = Annotations.load(annotations)
     key = evaluation_key(
         checkpoint, annotations, tokens, split, k=k, batch_size=batch_size, dtype=dtype,

@@ -35,6 +35,8 @@ from rasa.models.vit import interpolate_pos_embed, pos_grid
 
 # (our text module, its MLM head) <- official text encoder prefix
 TEXT_PREFIXES = (("text_encoder", "mlm_head"), ("text_encoder_m", "mlm_head_m"))
+# key prefixes every official checkpoint has (anything without them has another layout)
+OFFICIAL_MARKERS = ("visual_encoder.", "text_encoder.bert.")
 
 
 def official_to_ours(
@@ -163,6 +165,13 @@ def load_official(
     """
     path = Path(path)
     sd, rest = read_checkpoint(path)
+    if not all(any(k.startswith(p) for k in sd) for p in OFFICIAL_MARKERS):
+        raise DataError(
+            f"Checkpoint {path}: unknown layout. It is neither a rasa checkpoint (a dict with "
+            "version, model and model_config) nor an official RaSa one (keys "
+            f"{', '.join(p + '*' for p in OFFICIAL_MARKERS)}); its keys begin "
+            f"{', '.join(sorted({k.split('.')[0] for k in sd})[:6])}."
+        )
     ckpt_cfg = rest.get("config") or {}
     bert_path = Path(bert_config) if bert_config else None
     if bert_path is None:
