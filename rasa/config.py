@@ -91,6 +91,9 @@ class ExperimentConfig:
     loss: dict[str, Any] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
     method: str = "rasa"  # "cmmt": weakly supervised (rasa.weak), no identity labels
+    # CMMT's settings (params `cmmt:`, fields of rasa.weak.train.CMMTConfig) for method cmmt,
+    # so that `rasa train --config run/config.yaml` runs them again; None otherwise
+    cmmt: dict[str, Any] | None = None
     # a Fig. 4 point: {"param": "p_w", "value": <the resolved loss value>}, else None
     sweep: dict[str, Any] | None = None
 
@@ -256,6 +259,7 @@ def resolve_experiment(
         "variant": exp["variant"],
         "seed": exp["seed"],
         "method": exp.get("method", "rasa"),
+        "cmmt": copy.deepcopy(params.get("cmmt") or {}) if exp.get("method") == "cmmt" else None,
         "model": copy.deepcopy(backbone.get("model", {})),
         "train": {**params["train"], **backbone.get("train", {})},
         "loss": {**params["loss"], **backbone.get("loss", {})},

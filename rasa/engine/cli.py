@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="name of the evaluated dataset when it is not the training one (Table 7: the "
         "metrics' meta then names it and the training set as source_dataset)",
     )  # fmt: skip
-    p.add_argument("--k-test", type=int, default=None,
+    p.add_argument("--k-test", type=non_negative_int, default=None,
                    help="candidates re-ranked (default: the run's eval.k_test; 0 = no "
                    "re-ranking, the default for variants without ITM)")  # fmt: skip
     p.add_argument("--device", default="auto")
@@ -98,12 +98,55 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotations", help="annotation table (default: from data.root)")
     p.add_argument("--tokens", help="token cache (default: from data.root and the tokenizer)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
+    p.add_argument(
+        "--resume", nargs="?", const="strict", choices=("strict", "auto"), default=None,
+        help="continue from checkpoint_last.pt, only if it was written with the same config "
+        "and data (else stop and name the changed keys); --resume=auto instead moves such a "
+        "run aside to <out>.stale-<time>/ and starts afresh (what the workflow passes)",
+    )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument(
         "--no-dvclive", action="store_true", help="write curves as CSV/JSONL instead of dvclive"
     )
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0 (argparse names the flag in its message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def resume_mode(args: argparse.Namespace) -> bool | str:
+    """``--resume`` -> True, ``--resume=auto`` -> "auto", absent -> False."""
+    return {None: False, "strict": True, "auto": "auto"}[args.resume]
+
+
+def check_out_dir(out: str) -> None:
+    """Fail early (before data and model are loaded) on an --out that cannot be a run folder."""
+    import os
+    from pathlib import Path
+
+    from rasa.errors import ConfigError
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {path}: a file is there, but a folder is expected.")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {path}: {parent} is a file, but a folder is expected.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--out {path}: {parent} cannot be written (read-only file system or no "
+            "permission); choose an output folder you can write to."
+        )
 
 
 def resolve_run(args: argparse.Namespace):
@@ -125,20 +168,19 @@ def resolve_run(args: argparse.Namespace):
 def _train(args: argparse.Namespace) -> int:
     from rasa.engine.train import EX_TEMPFAIL, Preempted, train
 
-    cfg, params = resolve_run(args)
+    cfg, _ = resolve_run(args)
+    check_out_dir(args.out)
     try:
-        if cfg.method == "cmmt":  # weakly supervised: rasa.weak, settings from params `cmmt:`
-            from rasa.weak.cli import cmmt_settings
+        if cfg.method == "cmmt":  # weakly supervised: rasa.weak, settings in the config's cmmt
             from rasa.weak.train import train_cmmt
 
             metrics = train_cmmt(
-                cfg, args.out, device=args.device, resume=args.resume,
+                cfg, args.out, device=args.device, resume=resume_mode(args),
                 progress=not args.no_progress, dvclive=not args.no_dvclive,
-                cmmt=cmmt_settings(params, []),
             )  # fmt: skip
         else:
             metrics = train(
-                cfg, args.out, device=args.device, resume=args.resume,
+                cfg, args.out, device=args.device, resume=resume_mode(args),
                 progress=not args.no_progress, dvclive=not args.no_dvclive,
             )  # fmt: skip
     except Preempted as exc:

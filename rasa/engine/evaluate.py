@@ -359,17 +359,17 @@ def topk_records(
 def load_model_for_eval(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """A model from one of our training checkpoints, or from an official RaSa checkpoint.
 
-    Returns (model, run config dict; empty for official checkpoints).
+    The file is read once with ``torch.load(weights_only=True)`` (a pickle payload is refused,
+    never run); its content decides which it is (:func:`rasa.engine.checkpoint.is_rasa_checkpoint`).
+    Returns (model, run config dict; ``{"resize": "stretch", "source": "official"}`` for
+    official checkpoints).
     """
-    from rasa.engine.checkpoint import load_checkpoint
+    from rasa.engine.checkpoint import is_rasa_checkpoint, read_safely
     from rasa.models import ModelConfig, RaSaModel
 
     path = Path(checkpoint)
-    try:
-        state = load_checkpoint(path)
-    except DataError as exc:
-        if not path.is_file() or "not a rasa training checkpoint" not in str(exc):
-            raise
+    state = read_safely(path)
+    if not is_rasa_checkpoint(state):
         from rasa.models.loaders import load_official
 
         model = load_official(path)
@@ -377,7 +377,13 @@ def load_model_for_eval(checkpoint: str | Path) -> tuple[nn.Module, dict[str, An
     if not state.get("model_config"):
         raise DataError(f"{path}: checkpoint has no 'model_config'; cannot rebuild the model.")
     model = RaSaModel(ModelConfig.from_dict(state["model_config"], source=f"{path}"))
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise DataError(
+            f"{path}: its weights do not fit the model its own model_config describes "
+            f"({str(exc).splitlines()[0]}); the file is damaged or was edited."
+        ) from exc
     return model, dict(state.get("config") or {})
 
 
