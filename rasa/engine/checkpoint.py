@@ -150,15 +150,15 @@ def save_model_checkpoint(
 def check_plain(obj: Any, key: str = "checkpoint") -> None:
     """Raise ``TypeError`` naming the key of the first value that ``weights_only`` cannot load
     (anything but tensors, dict/list/tuple and str/int/float/bool/None)."""
-    if obj is None or isinstance(obj, (str, int, float, bool, torch.Tensor, torch.Size)):
-        return
+    if obj is None or type(obj) in (str, int, float, bool) or isinstance(obj, torch.Tensor):
+        return  # exact types: NumPy's float64 is a float subclass that weights_only refuses
     if isinstance(obj, dict):
         for k, v in obj.items():
-            if not isinstance(k, (str, int)):
+            if type(k) not in (str, int):
                 raise TypeError(f"{key}: key {k!r} is a {type(k).__name__}, not str or int.")
             check_plain(v, f"{key}.{k}")
         return
-    if isinstance(obj, (list, tuple)):
+    if type(obj) in (list, tuple, torch.Size):
         for i, v in enumerate(obj):
             check_plain(v, f"{key}[{i}]")
         return
