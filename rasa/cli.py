@@ -51,6 +51,26 @@ OS_ERROR_HINTS = {
 }
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0 (argparse names the flag in its message)."""
+    return _int_at_least(text, 0)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+    return value
+
+
 def os_error_message(exc: OSError) -> str:
     """``'PATH: what went wrong; what to do'`` for an error of the file system."""
     path = exc.filename2 if exc.filename2 is not None else exc.filename

@@ -221,6 +221,22 @@ def test_negative_k_test_is_rejected_naming_the_flag(data, tmp_path, capsys):
     assert code == 2 and "--k-test" in err and ">= 0" in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["data", "synth", "--preset", "cuhk", "--ids", "10", "--seed", "-1", "--out", "s"],
+         "--seed"),
+        (["data", "synth", "--preset", "cuhk", "--ids", "10", "--workers", "0", "--out", "s"],
+         "--workers"),
+        (["generator", "--annotations", "a", "--tokens", "t", "--steps", "0"], "--steps"),
+        (["bench", "evaluate", "--gallery", "-3"], "--gallery"),
+    ],
+)  # fmt: skip
+def test_out_of_range_numbers_are_rejected_naming_the_flag(argv, flag, capsys):
+    code, err = run_cli(argv, capsys)
+    assert code == 2 and flag in err
+
+
 def test_out_that_is_a_file_or_a_folder_in_the_wrong_place(data, trained, tmp_path, capsys):
     ann, tok = data
     afile = tmp_path / "afile"

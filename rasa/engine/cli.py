@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from rasa.cli import non_negative_int, positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -36,7 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--annotations", required=True, help="annotation table (.json)")
     p.add_argument("--tokens", required=True, help="token cache (.npz) of that table")
     p.add_argument("--out", help="generator file (default: <tokens>.rtd_generator.pt)")
-    p.add_argument("--steps", type=int, default=1000, help="MLM training steps (default 1000)")
+    p.add_argument(
+        "--steps", type=positive_int, default=1000, help="MLM training steps (default 1000)"
+    )
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_generator)
 
@@ -68,19 +72,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = bsub.add_parser("train-step", help="median seconds and peak memory of one step")
     b.add_argument("--backbone", default="tiny")
     b.add_argument("--variant", default="m-rtd")
-    b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
+    b.add_argument("--batch-size", type=positive_int, default=32)
+    b.add_argument("--image-size", type=positive_int, nargs=2, metavar=("H", "W"))
     b.add_argument("--device", default="auto")
     b.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
-    b.add_argument("--warmup", type=int, default=2)
-    b.add_argument("--repeats", type=int, default=5)
-    b.add_argument("--threads", type=int, help="torch CPU threads")
+    b.add_argument("--warmup", type=non_negative_int, default=2)
+    b.add_argument("--repeats", type=positive_int, default=5)
+    b.add_argument("--threads", type=positive_int, help="torch CPU threads")
     b.set_defaults(func=_bench_train_step)
     b = bsub.add_parser("evaluate", help="time the two-stage evaluation on random data")
     b.add_argument("--backbone", default="tiny")
-    b.add_argument("--gallery", type=int, default=600, help="gallery images")
-    b.add_argument("--queries", type=int, default=300, help="query captions")
-    b.add_argument("--k-test", type=int, default=32)
+    b.add_argument("--gallery", type=positive_int, default=600, help="gallery images")
+    b.add_argument("--queries", type=positive_int, default=300, help="query captions")
+    b.add_argument("--k-test", type=non_negative_int, default=32)
     b.add_argument("--device", default="auto")
     b.set_defaults(func=_bench_evaluate)
 
@@ -109,17 +113,6 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-dvclive", action="store_true", help="write curves as CSV/JSONL instead of dvclive"
     )
-
-
-def non_negative_int(text: str) -> int:
-    """An argparse type: an integer >= 0 (argparse names the flag in its message)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 def resume_mode(args: argparse.Namespace) -> bool | str:
@@ -196,13 +189,15 @@ def _generator(args: argparse.Namespace) -> int:
     from rasa.config import generator_path
     from rasa.data.annotations import Annotations
     from rasa.data.token_cache import load_cache
+    from rasa.engine.runtime import pick_device
     from rasa.models.generator import ensure_generator
 
+    device = pick_device(args.device)
     ann = Annotations.load(args.annotations)
     cache = load_cache(args.tokens)
     cache.check_matches(ann, args.annotations)
     out = args.out or generator_path(args.tokens)
-    ensure_generator(ann, cache, out, args.device, steps=args.steps)
+    ensure_generator(ann, cache, out, device, steps=args.steps)
     print(f"{out}: f-RTD generator of {args.tokens}")
     return 0
 

@@ -68,10 +68,12 @@ TOPK_RECORDED = 10
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else the CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``None``/``"auto"``: CUDA when available, else the CPU (checked as ``rasa train``'s)."""
+    if isinstance(device, torch.device):
+        return device
+    from rasa.engine.runtime import pick_device
+
+    return pick_device(device)
 
 
 def autocast_dtype(dtype: str) -> torch.dtype | None:
