@@ -68,18 +68,19 @@ def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
-    """Restore what :func:`rng_state` captured."""
+    """Restore what :func:`rng_state` captured (states loaded onto a GPU are moved back: the
+    setters take CPU byte tensors)."""
     random.setstate(state["python"])
     npy = state["numpy"]
     if isinstance(npy, dict):
         keys = np.asarray(npy["keys"].cpu().numpy(), dtype=np.uint32)
         npy = (npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["cached"])
     np.random.set_state(npy)
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     if generator is not None and state.get("generator") is not None:
-        generator.set_state(state["generator"])
+        generator.set_state(state["generator"].cpu())
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
