@@ -149,7 +149,7 @@ def test_truncated_or_foreign_checkpoints_are_clear_errors(trained, data, tmp_pa
     cut = tmp_path / "cut.pt"
     raw = (trained / "checkpoint_best.pt").read_bytes()
     cut.write_bytes(raw[: len(raw) // 2])
-    for bad in (cut, tmp_path / "missing.pt", tmp_path):
+    for bad in (cut, tmp_path / "missing.pt", tmp_path, ann):
         code, err = run_cli(["evaluate", "--checkpoint", str(bad), "--annotations", str(ann),
                              "--tokens", str(tok), "--out", str(tmp_path / "m.json")],
                             capsys)  # fmt: skip

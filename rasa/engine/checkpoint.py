@@ -183,14 +183,20 @@ def read_safely(path: str | Path, map_location: str | torch.device = "cpu") -> A
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), "")
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        refused = [ln for ln in lines if "global" in ln.lower()]  # an object it would import
+        other = [ln for ln in lines if "Unsupported" in ln] or lines[:1]
+        detail = (refused or other or [""])[0]
+        if not refused:  # no object refused: a file of another kind
+            raise DataError(
+                f"{path}: not a readable checkpoint ({detail}); expected a .pt file written by "
+                "torch.save."
+            ) from exc
         raise DataError(
             f"{path}: refused: the file holds objects other than tensors and plain data, which "
-            "torch.load(weights_only=True) will not unpickle (it could run code)"
-            + (f" [{detail}]" if detail else "")
-            + ". Checkpoints of rasa versions before weights-only loading must be re-made "
-            "(train again); never load a checkpoint of unknown origin with weights_only=False."
+            f"torch.load(weights_only=True) will not unpickle (it could run code) [{detail}]. "
+            "Checkpoints of rasa versions before weights-only loading must be re-made (train "
+            "again); never load a checkpoint of unknown origin with weights_only=False."
         ) from exc
     except Exception as exc:  # noqa: BLE001 - truncated zip, not a torch file, ...
         raise DataError(

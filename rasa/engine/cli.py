@@ -186,17 +186,22 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _generator(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from rasa.config import generator_path
     from rasa.data.annotations import Annotations
     from rasa.data.token_cache import load_cache
     from rasa.engine.runtime import pick_device
+    from rasa.errors import ConfigError
     from rasa.models.generator import ensure_generator
 
     device = pick_device(args.device)
+    out = Path(args.out or generator_path(args.tokens))
+    if out.is_dir():  # found before training, not when writing
+        raise ConfigError(f"{out}: a folder is there; expected the generator file to write.")
     ann = Annotations.load(args.annotations)
     cache = load_cache(args.tokens)
     cache.check_matches(ann, args.annotations)
-    out = args.out or generator_path(args.tokens)
     ensure_generator(ann, cache, out, device, steps=args.steps)
     print(f"{out}: f-RTD generator of {args.tokens}")
     return 0
