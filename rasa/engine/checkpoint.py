@@ -261,9 +261,11 @@ def model_mismatch(model: torch.nn.Module, weights: dict[str, Any]) -> list[str]
     """How a checkpoint's state dict does not fit ``model``: missing and unexpected keys, and
     tensors of another shape ('key: (4, 8) in the checkpoint, (4, 16) in the model')."""
     own = unwrap(model).state_dict()
-    out = [f"{k}: {tuple(weights[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
-           for k, v in own.items()
-           if k in weights and isinstance(weights[k], torch.Tensor) and weights[k].shape != v.shape]  # fmt: skip
+    out = []
+    for k, v in own.items():
+        w = weights.get(k)
+        if isinstance(w, torch.Tensor) and w.shape != v.shape:
+            out.append(f"{k}: {tuple(w.shape)} in the checkpoint, {tuple(v.shape)} in the model")
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
     if missing:

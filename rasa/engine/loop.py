@@ -173,11 +173,13 @@ class TrainingRun:
         changed = resume_changes(saved, current)
         mismatch = [] if changed else model_mismatch(self.model, state["model"])
         if changed or mismatch:
-            what = (
-                f"the config or data changed since it was written ({describe_changes(saved, current, changed)})"
-                if changed
-                else f"the model's shapes changed since it was written ({'; '.join(mismatch[:3])})"
-            )
+            if changed:
+                diff = describe_changes(saved, current, changed)
+                what = f"the config or data changed since it was written ({diff})"
+            else:
+                what = (
+                    f"the model's shapes changed since it was written ({'; '.join(mismatch[:3])})"
+                )
             if auto:
                 self._move_aside(what)
                 return None
