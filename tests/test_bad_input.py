@@ -502,3 +502,22 @@ def test_disk_full_during_synth_and_checkpoint_write(tmp_path, capsys):
         with pytest.raises(OSError, match="No space left"):
             write_bytes(full / "blob", b"x" * 200_000)
         assert sorted(p.name for p in full.iterdir()) == ["best.pt"]
+
+
+def test_ours_or_official_is_decided_by_content(trained, tmp_path):
+    """`rasa evaluate` tells our checkpoints from official ones by what they hold, not by the
+    text of an error (issue #15): an official file renamed like ours still loads as official."""
+    import shutil
+
+    from rasa.engine.checkpoint import is_rasa_checkpoint, read_safely
+    from rasa.engine.evaluate import load_model_for_eval
+
+    official = ROOT / "tests" / "fixtures" / "official_rasa_tiny"
+    assert not is_rasa_checkpoint(read_safely(official / "checkpoint.pth"))
+    assert is_rasa_checkpoint(read_safely(trained / "checkpoint_best.pt"))
+    shutil.copy(official / "checkpoint.pth", tmp_path / "checkpoint_best.pt")
+    shutil.copy(official / "config_bert.json", tmp_path / "config_bert.json")
+    _, config = load_model_for_eval(tmp_path / "checkpoint_best.pt")
+    assert config["source"] == "official"
+    _, config = load_model_for_eval(trained / "checkpoint_best.pt")
+    assert config["variant"] == "cl"
