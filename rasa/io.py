@@ -81,14 +81,16 @@ def write_json(dest: str | os.PathLike, obj: Any, indent: int | None = 2) -> Non
 
 
 def torch_save(obj: Any, dest: str | os.PathLike) -> None:
-    """``torch.save`` atomically."""
+    """``torch.save`` atomically. Through a file object, so the archive's inner folder is
+    always ``archive/`` (a path would name it after the temporary file): the same object gives
+    the same bytes."""
     import torch
 
-    with atomic_path(dest) as tmp:
+    with atomic_open(dest, "wb") as fh:
         try:
-            torch.save(obj, tmp)
+            torch.save(obj, fh)
         except RuntimeError as exc:  # torch reports a failed write (e.g. disk full) this way
-            st = os.statvfs(tmp.parent)
+            st = os.statvfs(Path(dest).parent)
             if st.f_bfree * st.f_frsize < 1 << 20:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest)) from exc
             raise

@@ -413,6 +413,7 @@ def test_damaged_or_foreign_generator_files(data, tmp_path):
     assert again.state_dict().keys() == gen.state_dict().keys()
     new, old = again.state_dict(), gen.state_dict()
     assert all(torch.equal(new[k], old[k]) for k in old)
+    assert path.read_bytes() == good  # same bytes (rasa.io.torch_save names no temp file)
 
 
 # ---- interrupted synth ----------------------------------------------------------------------
