@@ -101,6 +101,9 @@ class ExperimentConfig:
     loss: dict[str, Any] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
     method: str = "rasa"  # "cmmt": weakly supervised (rasa.weak), no identity labels
+    # CMMT's settings (params `cmmt:`, fields of rasa.weak.train.CMMTConfig) for method cmmt,
+    # so that `rasa train --config run/config.yaml` runs them again; None otherwise
+    cmmt: dict[str, Any] | None = None
     # a Fig. 4 point: {"param": "p_w", "value": <the resolved loss value>}, else None
     sweep: dict[str, Any] | None = None
 
@@ -153,6 +156,16 @@ def validate(doc: Any, source: str, definition: str | None = None) -> None:
     )
 
 
+def _read_yaml(path: Path) -> Any:
+    """A YAML file's content; not UTF-8 or not YAML -> :class:`ConfigError` naming it."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8.") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     """Read and validate ``params.yaml``; also check cross-references (experiments, suites)."""
     path = Path(path)
@@ -160,10 +173,7 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         raise ConfigError(
             f"{path}: params file not found (run from the repository root or pass --params)."
         )
-    try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
+    params = _read_yaml(path)
     validate(params, str(path))
     for name, exp in params["experiments"].items():
         for kind, table in (("dataset", "data.datasets"), ("backbone", "backbones")):
@@ -294,6 +304,7 @@ def resolve_experiment(
         "variant": exp["variant"],
         "seed": exp["seed"],
         "method": exp.get("method", "rasa"),
+        "cmmt": copy.deepcopy(params.get("cmmt") or {}) if exp.get("method") == "cmmt" else None,
         "model": copy.deepcopy(backbone.get("model", {})),
         "train": {**params["train"], **backbone.get("train", {})},
         "loss": {**params["loss"], **backbone.get("loss", {})},
@@ -351,10 +362,7 @@ def load_config(path: str | Path, sets: list[str] | tuple[str, ...] = ()) -> Exp
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found.")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
+    doc = _read_yaml(path)
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping (a resolved experiment config).")
     for item in sets:

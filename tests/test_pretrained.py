@@ -136,7 +136,7 @@ def test_rasa_train_starts_from_the_named_weights(setup, tmp_path, experiment, l
     # optimizer groups: loaded parameters at lr (ITM head included), new ones at lr_new
     groups = next(ln for ln in log.splitlines() if "optimizer groups:" in ln)
     assert "pretrained lr 1e-05" in groups and "new lr 0.0001" in groups
-    state = torch.load(out / "checkpoint_last.pt", weights_only=False)  # a file of this test
+    state = torch.load(out / "checkpoint_last.pt", weights_only=True)
     lrs = {g["name"]: g["base_lr"] for g in state["optimizer"]["param_groups"]}
     assert lrs["pretrained"] == 1e-5 and lrs["new"] == 1e-4
     # config.yaml records the file and its sha256; the checkpoint the tokenizer

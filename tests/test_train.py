@@ -104,7 +104,7 @@ def test_train_writes_outputs_and_resumes_exactly_after_sigterm(data, tmp_path, 
 
     with pytest.raises(Preempted):
         train(cfg, tmp_path / "cut", progress=False, dvclive=False, on_step=kill_at_3)
-    state = torch.load(tmp_path / "cut/checkpoint_last.pt", weights_only=False)
+    state = torch.load(tmp_path / "cut/checkpoint_last.pt", weights_only=True)
     assert (state["step"], state["epoch"], state["step_in_epoch"]) == (3, 0, 3)
     assert not (tmp_path / "cut/metrics.json").exists()
     resumed = train(cfg, tmp_path / "cut", resume=True, progress=False, dvclive=False)

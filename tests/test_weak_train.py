@@ -65,8 +65,8 @@ def test_cmmt_uses_no_identity_label(data, tmp_path):
     m1 = _run(ann, tok, tmp_path / "a")
     m2 = _run(shuffled, tok, tmp_path / "b")
     for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
-        s1 = torch.load(tmp_path / "a" / name, weights_only=False)["model"]
-        s2 = torch.load(tmp_path / "b" / name, weights_only=False)["model"]
+        s1 = torch.load(tmp_path / "a" / name, weights_only=True)["model"]
+        s2 = torch.load(tmp_path / "b" / name, weights_only=True)["model"]
         assert s1.keys() == s2.keys()
         for k in s1:
             assert torch.equal(s1[k], s2[k]), k
@@ -162,8 +162,8 @@ def test_cmmt_resume_after_an_epoch_is_bit_identical(data, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_cmmt(cfg, tmp_path / "cut", on_step=stop_after_epoch_1, **kw)
     resumed = train_cmmt(cfg, tmp_path / "cut", resume=True, **kw)
-    s1 = torch.load(tmp_path / "full" / "checkpoint_last.pt", weights_only=False)["model"]
-    s2 = torch.load(tmp_path / "cut" / "checkpoint_last.pt", weights_only=False)["model"]
+    s1 = torch.load(tmp_path / "full" / "checkpoint_last.pt", weights_only=True)["model"]
+    s2 = torch.load(tmp_path / "cut" / "checkpoint_last.pt", weights_only=True)["model"]
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert full["first_stage"] == resumed["first_stage"]
 
@@ -178,7 +178,7 @@ def test_control_supervised_training_does_see_the_shuffled_ids(data, tmp_path):
     for path, name in ((ann, "a"), (shuffled, "b")):
         cfg = micro_config(path, tok, "cl", tuple(TRAIN))
         train(cfg, tmp_path / name, device="cpu", progress=False, dvclive=False)
-        states.append(torch.load(tmp_path / name / "checkpoint_last.pt", weights_only=False))
+        states.append(torch.load(tmp_path / name / "checkpoint_last.pt", weights_only=True))
     assert not all(
         torch.equal(states[0]["model"][k], states[1]["model"][k]) for k in states[0]["model"]
     )

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from rasa.errors import DataError
+from rasa.errors import DataError, where
 from rasa.io import write_json
 
 SPLITS = ("train", "val", "test")
@@ -88,32 +88,88 @@ class Annotations:
 
     @classmethod
     def load(cls, path: str | Path) -> Annotations:
+        """Read a table written by :meth:`save`, checking every field as the raw parsers do:
+        types (pid an integer, captions a list of strings), values (split one of
+        :data:`SPLITS`, no empty caption) and each image listed once; a problem raises
+        :class:`DataError` naming the file, record and key."""
         path = Path(path)
         if not path.is_file():
+            what = "is a folder, not a file" if path.is_dir() else "not found"
             raise DataError(
-                f"{path}: annotation file not found; create it with `rasa data parse` "
+                f"{path}: annotation file {what}; create it with `rasa data parse` "
                 "or `rasa data synth`."
             )
+        data = path.read_bytes()
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{path}: not UTF-8 text (byte {exc.start}); expected the JSON table written "
+                "by `rasa data parse`."
+            ) from exc
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}).") from exc
+            raise DataError(
+                f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); is it complete?"
+            ) from exc
         if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
             raise DataError(
                 f"{path}: not a rasa annotation table (expected an object with "
                 f"format_version={FORMAT_VERSION}); was it written by `rasa data parse`?"
             )
-        records = []
-        for i, r in enumerate(raw["records"]):
-            try:
-                records.append(
-                    Record(str(r["image"]), int(r["pid"]), str(r["split"]), tuple(r["captions"]))
-                )
-            except (KeyError, TypeError, ValueError) as exc:
+        for key in ("dataset", "image_root"):
+            if not isinstance(raw.get(key), str):
+                raise DataError(f"{where(path, key=key)}: expected a string, got {raw.get(key)!r}.")
+        if not isinstance(raw.get("records"), list):
+            got = "nothing" if "records" not in raw else type(raw["records"]).__name__
+            raise DataError(
+                f"{where(path, key='records')}: expected a list of records (image, pid, "
+                f"split, captions), got {got}."
+            )
+        records = [_record(r, path, i) for i, r in enumerate(raw["records"])]
+        first: dict[str, int] = {}
+        for i, rec in enumerate(records):
+            if rec.image in first:
                 raise DataError(
-                    f"{path}, record {i}: expected keys image, pid, split, captions ({exc})."
-                ) from exc
-        return cls(raw["dataset"], raw["image_root"], records, raw.get("source", {}))
+                    f"{where(path, i, 'image')}: image {rec.image!r} is listed again (first "
+                    f"as record {first[rec.image]}); expected each image once."
+                )
+            first[rec.image] = i
+        source = raw.get("source", {})
+        return cls(raw["dataset"], raw["image_root"], records, source)
+
+
+def _record(r: object, path: Path, i: int) -> Record:
+    """One checked record of a table (see :meth:`Annotations.load`)."""
+    if not isinstance(r, dict):
+        raise DataError(f"{where(path, i)}: expected an object, got {type(r).__name__}.")
+    missing = [k for k in ("image", "pid", "split", "captions") if k not in r]
+    if missing:
+        raise DataError(
+            f"{where(path, i, missing[0])}: key missing; expected keys image, pid, split, "
+            f"captions (the record has {sorted(r)})."
+        )
+    image, pid, split, caps = r["image"], r["pid"], r["split"], r["captions"]
+    if not isinstance(image, str) or not image:
+        raise DataError(f"{where(path, i, 'image')}: expected an image path, got {image!r}.")
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise DataError(f"{where(path, i, 'pid')}: expected an integer id, got {pid!r}.")
+    if split not in SPLITS:
+        raise DataError(
+            f"{where(path, i, 'split')}: unknown split {split!r}; expected one of "
+            f"{', '.join(SPLITS)}."
+        )
+    if not isinstance(caps, list) or not caps:
+        raise DataError(
+            f"{where(path, i, 'captions')}: expected a non-empty list of caption strings, "
+            f"got {caps!r:.60}."
+        )
+    for j, cap in enumerate(caps):
+        if not isinstance(cap, str) or not cap.strip():
+            raise DataError(
+                f"{where(path, i, 'captions')}: item {j} should be a non-empty caption "
+                f"string, got {cap!r:.60}."
+            )
+    return Record(image, pid, split, tuple(caps))
 
 
 def person_index(records: Iterable[Record]) -> dict[int, int]:

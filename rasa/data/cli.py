@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from rasa.cli import non_negative_int, positive_int
+
 # rasa.data.synth.PRESETS (a test keeps them equal; importing synth here would slow --help)
 PRESETS = ("cuhk", "icfg", "rstp", "flickr", "coco", "cub", "flowers")
 
@@ -32,9 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="number of identities (all splits; images for flickr/coco, classes for cub/flowers)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, help="output directory (created)")
-    p.add_argument("--workers", type=int, default=1, help="processes drawing images")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes drawing images")
     p.set_defaults(func=_synth)
 
     p = dsub.add_parser(

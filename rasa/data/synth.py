@@ -52,6 +52,7 @@ from __future__ import annotations
 import multiprocessing
 import re
 import shutil
+import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from io import BytesIO
@@ -66,8 +67,6 @@ from rasa.data.synth_draw import render, visibility
 from rasa.data.synth_layouts import (
     IMAGE_DIRS,
     LAYOUT_PRESETS,
-    OUTPUT_DIRS,
-    OUTPUT_FILES,
     class_name,
     image_path,
     raw_file,
@@ -465,22 +464,37 @@ def _ambiguity(plan: dict) -> dict[str, float]:
     return out
 
 
-def _prepare_out(out: Path) -> None:
-    """Create ``out``; a previous SynthPEDES output there is replaced, anything else refused."""
+def _check_out(out: Path) -> None:
+    """``out`` may be absent, an empty folder or an earlier SynthPEDES output (replaced);
+    anything else is refused."""
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: --out must be a directory, but a file is there.")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / META_FILE).is_file():
-            raise DataError(
-                f"{out}: directory is not empty and holds no {META_FILE}, so it is not an "
-                "earlier SynthPEDES output; refusing to write into it. Choose an empty or new "
-                "--out directory."
-            )
-        for name in ("imgs", *OUTPUT_DIRS):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for name in (*RAW_FILES.values(), *OUTPUT_FILES, META_FILE):
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() and any(out.iterdir()) and not (out / META_FILE).is_file():
+        raise DataError(
+            f"{out}: directory is not empty and holds no {META_FILE}, so it is not an "
+            "earlier SynthPEDES output; refusing to write into it. Choose an empty or new "
+            "--out directory."
+        )
+
+
+def _staging_dir(out: Path) -> Path:
+    """A new folder beside ``out`` to write into (``.<name>.<random>.partial``); the leftovers
+    of runs that were killed before they could clean up are removed first."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for old in out.parent.glob(f".{out.name}.*.partial"):
+        shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+
+
+def _swap_in(staged: Path, out: Path) -> None:
+    """Put the complete ``staged`` folder at ``out`` (an earlier output there is replaced)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.{staged.name.split('.')[-2]}.replaced.partial")
+        out.rename(old)
+    staged.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def generate(
@@ -492,7 +506,12 @@ def generate(
     config: SynthConfig | None = None,
     progress: bool = True,
 ) -> dict:
-    """Write a SynthPEDES dataset in ``preset``'s raw format to ``out``; return statistics."""
+    """Write a SynthPEDES dataset in ``preset``'s raw format to ``out``; return statistics.
+
+    Atomic: everything is written into a folder beside ``out`` that is renamed onto it at the
+    end, so an interrupted run (a kill, a full disk) leaves ``out`` as it was, and the same
+    command simply runs again.
+    """
     if preset not in PRESETS:
         raise ConfigError(f"unknown SynthPEDES preset {preset!r}; known: {', '.join(PRESETS)}.")
     if workers < 1:
@@ -500,7 +519,39 @@ def generate(
     cfg = config or SynthConfig()
     out = Path(out)
     plan = _plan(preset, n_ids, seed, cfg)
-    _prepare_out(out)
+    _check_out(out)
+    try:
+        staged = _staging_dir(out)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(out)) from exc
+    try:
+        stats = _write(preset, seed, cfg, plan, staged, workers, progress)
+        meta = {
+            "generator": "synthpedes",
+            "version": 1,
+            "preset": preset,
+            "seed": seed,
+            "n_ids": n_ids,
+            "raw_file": RAW_FILES.get(preset) or raw_file(preset),
+            "config": asdict(cfg),
+            "preset_config": asdict(PRESETS[preset]),
+            "stats": stats,
+            **plan,
+        }
+        write_json(staged / META_FILE, meta, indent=None)
+        _swap_in(staged, out)
+    except BaseException as exc:
+        shutil.rmtree(staged, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(out)) from exc
+        raise
+    if progress:
+        _print_stats(preset, stats)
+    return stats
+
+
+def _write(preset, seed, cfg, plan, out: Path, workers: int, progress: bool) -> dict:
+    """Draw the images and write the raw annotation files of ``plan`` into ``out``."""
     ext = PRESETS[preset].ext
     attrs = {i["id"]: i["attributes"] for i in plan["identities"]}
     tasks = [
@@ -531,21 +582,6 @@ def generate(
         write_raw(preset, out, plan)
     else:
         write_json(out / RAW_FILES[preset], _raw_records(preset, plan), indent=None)
-    meta = {
-        "generator": "synthpedes",
-        "version": 1,
-        "preset": preset,
-        "seed": seed,
-        "n_ids": n_ids,
-        "raw_file": RAW_FILES.get(preset) or raw_file(preset),
-        "config": asdict(cfg),
-        "preset_config": asdict(PRESETS[preset]),
-        "stats": stats,
-        **plan,
-    }
-    write_json(out / META_FILE, meta, indent=None)
-    if progress:
-        _print_stats(preset, stats)
     return stats
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,8 @@ from rasa.errors import ConfigError, DataError
 from rasa.io import atomic_open
 
 CACHE_FORMAT = 1
+# what reading a damaged .npz raises (truncated zip, bad JSON, missing array, short read)
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 def captions_sha256(captions: Iterable[str]) -> str:
@@ -192,11 +195,13 @@ def load_cache(path: str | os.PathLike) -> TokenCache:
             meta = json.loads(str(z["meta"]))
             ids = np.ascontiguousarray(z["ids"], dtype=np.int32)
             mask = np.ascontiguousarray(z["mask"], dtype=np.uint8)
-    except (OSError, ValueError, KeyError) as exc:
+    except _UNREADABLE as exc:
         raise DataError(
             f"{path}: not a readable token cache (expected an .npz with ids, mask, meta; {exc}); "
             "rebuild it with `rasa data tokenize`."
         ) from exc
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: token cache meta is not a JSON object; rebuild the cache.")
     if meta.get("format") != CACHE_FORMAT or ids.shape != mask.shape or ids.ndim != 2:
         raise DataError(
             f"{path}: token cache format {meta.get('format')!r} or shapes {ids.shape}/"
@@ -206,14 +211,19 @@ def load_cache(path: str | os.PathLike) -> TokenCache:
     return TokenCache(ids=ids, mask=mask, meta=meta, path=path)
 
 
-def _stored_key(path: Path) -> str | None:
-    """The key of an existing cache, or None when absent or unreadable."""
+def stored_key(path: Path) -> str | None:
+    """The key of an existing cache, or None when absent or unreadable (a truncated or foreign
+    file at ``--out`` is rebuilt over, never a reason to stop)."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            return json.loads(str(z["meta"])).get("key")
-    except (OSError, ValueError, KeyError):
+            meta = json.loads(str(z["meta"]))
+            key = meta.get("key") if isinstance(meta, dict) else None
+            if key is not None:  # the arrays must read back in full too, not only the meta
+                np.asarray(z["ids"]), np.asarray(z["mask"])
+            return key
+    except _UNREADABLE:
         return None
 
 
@@ -237,7 +247,7 @@ def build_cache(
     tokenizer_json = tok.to_str()
     captions = [c for _, _, c in annotations.captions()]
     key = cache_key(spec, tokenizer_json, max_len, add_sep, captions)
-    if _stored_key(out) == key:
+    if stored_key(out) == key:
         print(f"{out}: up to date ({len(captions)} captions, key {key[:12]})")
         return load_cache(out)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from rasa.cli import non_negative_int, positive_int
 from rasa.data.annotations import SPLITS
 from rasa.variants import FULL, list_variants
 
@@ -39,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--annotations", required=True, help="annotation table (.json)")
     p.add_argument("--tokens", required=True, help="token cache (.npz) of that table")
     p.add_argument("--out", help="generator file (default: <tokens>.rtd_generator.pt)")
-    p.add_argument("--steps", type=int, default=1000, help="MLM training steps (default 1000)")
+    p.add_argument(
+        "--steps", type=positive_int, default=1000, help="MLM training steps (default 1000)"
+    )
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_generator)
 
@@ -60,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="name of the evaluated dataset when it is not the training one (Table 7: the "
         "metrics' meta then names it and the training set as source_dataset)",
     )  # fmt: skip
-    p.add_argument("--k-test", type=int, default=None,
+    p.add_argument("--k-test", type=non_negative_int, default=None,
                    help="candidates re-ranked (default: the run's eval.k_test; 0 = no "
                    "re-ranking, the default for variants without ITM)")  # fmt: skip
     p.add_argument("--device", default="auto")
@@ -71,19 +74,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = bsub.add_parser("train-step", help="median seconds and peak memory of one step")
     b.add_argument("--backbone", default="tiny")
     b.add_argument("--variant", default=FULL, choices=list_variants())
-    b.add_argument("--batch-size", type=int, default=32)
-    b.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
+    b.add_argument("--batch-size", type=positive_int, default=32)
+    b.add_argument("--image-size", type=positive_int, nargs=2, metavar=("H", "W"))
     b.add_argument("--device", default="auto")
     b.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
-    b.add_argument("--warmup", type=int, default=2)
-    b.add_argument("--repeats", type=int, default=5)
-    b.add_argument("--threads", type=int, help="torch CPU threads")
+    b.add_argument("--warmup", type=non_negative_int, default=2)
+    b.add_argument("--repeats", type=positive_int, default=5)
+    b.add_argument("--threads", type=positive_int, help="torch CPU threads")
     b.set_defaults(func=_bench_train_step)
     b = bsub.add_parser("evaluate", help="time the two-stage evaluation on random data")
     b.add_argument("--backbone", default="tiny")
-    b.add_argument("--gallery", type=int, default=600, help="gallery images")
-    b.add_argument("--queries", type=int, default=300, help="query captions")
-    b.add_argument("--k-test", type=int, default=32)
+    b.add_argument("--gallery", type=positive_int, default=600, help="gallery images")
+    b.add_argument("--queries", type=positive_int, default=300, help="query captions")
+    b.add_argument("--k-test", type=non_negative_int, default=32)
     b.add_argument("--device", default="auto")
     b.set_defaults(func=_bench_evaluate)
 
@@ -101,12 +104,44 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotations", help="annotation table (default: from data.root)")
     p.add_argument("--tokens", help="token cache (default: from data.root and the tokenizer)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
+    p.add_argument(
+        "--resume", nargs="?", const="strict", choices=("strict", "auto"), default=None,
+        help="continue from checkpoint_last.pt, only if it was written with the same config "
+        "and data (else stop and name the changed keys); --resume=auto instead moves such a "
+        "run aside to <out>.stale-<time>/ and starts afresh (what the workflow passes)",
+    )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument(
         "--no-dvclive", action="store_true", help="write curves as CSV/JSONL instead of dvclive"
     )
+
+
+def resume_mode(args: argparse.Namespace) -> bool | str:
+    """``--resume`` -> True, ``--resume=auto`` -> "auto", absent -> False."""
+    return {None: False, "strict": True, "auto": "auto"}[args.resume]
+
+
+def check_out_dir(out: str) -> None:
+    """Fail early (before data and model are loaded) on an --out that cannot be a run folder."""
+    import os
+    from pathlib import Path
+
+    from rasa.errors import ConfigError
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {path}: a file is there, but a folder is expected.")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {path}: {parent} is a file, but a folder is expected.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--out {path}: {parent} cannot be written (read-only file system or no "
+            "permission); choose an output folder you can write to."
+        )
 
 
 def resolve_run(args: argparse.Namespace):
@@ -128,20 +163,19 @@ def resolve_run(args: argparse.Namespace):
 def _train(args: argparse.Namespace) -> int:
     from rasa.engine.train import EX_TEMPFAIL, Preempted, train
 
-    cfg, params = resolve_run(args)
+    cfg, _ = resolve_run(args)
+    check_out_dir(args.out)
     try:
-        if cfg.method == "cmmt":  # weakly supervised: rasa.weak, settings from params `cmmt:`
-            from rasa.weak.cli import cmmt_settings
+        if cfg.method == "cmmt":  # weakly supervised: rasa.weak, settings in the config's cmmt
             from rasa.weak.train import train_cmmt
 
             metrics = train_cmmt(
-                cfg, args.out, device=args.device, resume=args.resume,
+                cfg, args.out, device=args.device, resume=resume_mode(args),
                 progress=not args.no_progress, dvclive=not args.no_dvclive,
-                cmmt=cmmt_settings(params, []),
             )  # fmt: skip
         else:
             metrics = train(
-                cfg, args.out, device=args.device, resume=args.resume,
+                cfg, args.out, device=args.device, resume=resume_mode(args),
                 progress=not args.no_progress, dvclive=not args.no_dvclive,
             )  # fmt: skip
     except Preempted as exc:
@@ -154,16 +188,23 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _generator(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from rasa.config import generator_path
     from rasa.data.annotations import Annotations
     from rasa.data.token_cache import load_cache
+    from rasa.engine.runtime import pick_device
+    from rasa.errors import ConfigError
     from rasa.models.generator import ensure_generator
 
+    device = pick_device(args.device)
+    out = Path(args.out or generator_path(args.tokens))
+    if out.is_dir():  # found before training, not when writing
+        raise ConfigError(f"{out}: a folder is there; expected the generator file to write.")
     ann = Annotations.load(args.annotations)
     cache = load_cache(args.tokens)
     cache.check_matches(ann, args.annotations)
-    out = args.out or generator_path(args.tokens)
-    ensure_generator(ann, cache, out, args.device, steps=args.steps)
+    ensure_generator(ann, cache, out, device, steps=args.steps)
     print(f"{out}: f-RTD generator of {args.tokens}")
     return 0
 

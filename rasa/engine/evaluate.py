@@ -70,10 +70,12 @@ TOPK_RECORDED = 10
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else the CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``None``/``"auto"``: CUDA when available, else the CPU (checked as ``rasa train``'s)."""
+    if isinstance(device, torch.device):
+        return device
+    from rasa.engine.runtime import pick_device
+
+    return pick_device(device)
 
 
 def autocast_dtype(dtype: str) -> torch.dtype | None:
@@ -389,17 +391,17 @@ def topk_records(
 def load_model_for_eval(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """A model from one of our training checkpoints, or from an official RaSa checkpoint.
 
-    Returns (model, run config dict; empty for official checkpoints).
+    The file is read once with ``torch.load(weights_only=True)`` (a pickle payload is refused,
+    never run); its content decides which it is (:func:`rasa.engine.checkpoint.is_rasa_checkpoint`).
+    Returns (model, run config dict; ``{"resize": "stretch", "source": "official"}`` for
+    official checkpoints).
     """
-    from rasa.engine.checkpoint import checkpoint_tokenizer, load_checkpoint
+    from rasa.engine.checkpoint import checkpoint_tokenizer, is_rasa_checkpoint, read_safely
     from rasa.models import ModelConfig, RaSaModel
 
     path = Path(checkpoint)
-    try:
-        state = load_checkpoint(path)
-    except DataError as exc:
-        if not path.is_file() or "not a rasa training checkpoint" not in str(exc):
-            raise
+    state = read_safely(path)
+    if not is_rasa_checkpoint(state):
         from rasa.models.loaders import load_official
 
         model = load_official(path)
@@ -407,7 +409,13 @@ def load_model_for_eval(checkpoint: str | Path) -> tuple[nn.Module, dict[str, An
     if not state.get("model_config"):
         raise DataError(f"{path}: checkpoint has no 'model_config'; cannot rebuild the model.")
     model = RaSaModel(ModelConfig.from_dict(state["model_config"], source=f"{path}"))
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise DataError(
+            f"{path}: its weights do not fit the model its own model_config describes "
+            f"({str(exc).splitlines()[0]}); the file is damaged or was edited."
+        ) from exc
     model.tokenizer_record = checkpoint_tokenizer(state)
     model.tokenizer_source = str(path)
     return model, dict(state.get("config") or {})

@@ -28,10 +28,18 @@ the selected checkpoint, and the last epoch's test figures are reported beside i
 figures, scored once, when the last epoch is the selected one). The selected checkpoint's test
 scores are stored beside it (``test_scores.json``) for ``rasa evaluate`` to reuse
 (:mod:`rasa.engine.test_scores`).
+
+Resume: ``checkpoint_last.pt`` also holds the data's fingerprint (the annotation table's sha256
+and the token cache's key). ``resume=True`` (``--resume``) continues only when the resolved
+config and the data are those of the checkpoint, and otherwise stops naming the changed keys
+(:func:`rasa.engine.checkpoint.resume_changes`); ``resume="auto"`` (``--resume=auto``, what
+the workflow passes) then moves the old run aside to ``<out>.stale-<time>/`` and starts afresh,
+and does the same with a checkpoint it cannot read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import time
@@ -45,8 +53,11 @@ from rasa.engine import distributed as D
 from rasa.engine.checkpoint import (
     BEST,
     LAST,
+    describe_changes,
     load_checkpoint,
+    model_mismatch,
     restore,
+    resume_changes,
     rng_state,
     save_checkpoint,
     save_model_checkpoint,
@@ -54,6 +65,7 @@ from rasa.engine.checkpoint import (
 )
 from rasa.engine.curves import CurveLogger
 from rasa.engine.runtime import Schedule, alpha_at, evaluate_split, flat_metrics, progress_bar
+from rasa.errors import ConfigError, DataError
 
 EX_TEMPFAIL = 75
 
@@ -137,10 +149,13 @@ class TrainingRun:
         return next(unwrap(self.model).parameters()).device
 
     # ---- start ---------------------------------------------------------------------------
-    def resume(self, requested: bool) -> dict[str, Any] | None:
+    def resume(self, requested: bool | str) -> dict[str, Any] | None:
         """Continue from ``checkpoint_last.pt`` when ``requested`` and present; its dict or None.
 
         Restores the weights, optimizer, this rank's random states, the position and the record.
+        ``requested="auto"``: a checkpoint of another config or data, or one that cannot be
+        read, is moved aside with its run (``<out>.stale-<time>/``) and the run starts afresh;
+        ``True``: such a checkpoint stops the run with :class:`ConfigError`/:class:`DataError`.
         """
         if not requested:
             return None
@@ -148,13 +163,66 @@ class TrainingRun:
             if self.main:
                 print(f"--resume: no {self.last_path}; starting from scratch")
             return None
-        state = load_checkpoint(self.last_path, map_location=self.device)
+        auto = requested == "auto"
+        try:
+            state = load_checkpoint(self.last_path, map_location=self.device)
+        except DataError as exc:
+            if not auto:
+                raise
+            self._move_aside(f"its checkpoint cannot be used ({exc})")
+            return None
+        saved = {**(state.get("config") or {}), "data": state.get("data")}
+        current = {**self.cfg.to_dict(), "data": self.data_fingerprint()}
+        changed = resume_changes(saved, current)
+        mismatch = [] if changed else model_mismatch(self.model, state["model"])
+        if changed or mismatch:
+            if changed:
+                diff = describe_changes(saved, current, changed)
+                what = f"the config or data changed since it was written ({diff})"
+            else:
+                what = (
+                    f"the model's shapes changed since it was written ({'; '.join(mismatch[:3])})"
+                )
+            if auto:
+                self._move_aside(what)
+                return None
+            raise ConfigError(
+                f"{self.last_path}: --resume refused: {what}. Resuming would mix two runs. "
+                f"Start afresh: use another --out, move {self.out} away, or pass "
+                "--resume=auto (moves the old run aside and starts a fresh one)."
+            )
         restore(state, model=self.model, optimizer=self.optimizer, generator=self.generator,
                 rank=self.dist.rank)  # fmt: skip
         self.step, self.epoch = state["step"], state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
         self.record = state["record"]
         return state
+
+    def _move_aside(self, why: str) -> None:
+        """``--resume=auto`` with an unusable checkpoint: rename ``out`` to
+        ``<out>.stale-<time>`` (rank 0, after every rank has read it) and start afresh."""
+        D.barrier()
+        if self.main:
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            stale = self.out.with_name(f"{self.out.name}.stale-{stamp}")
+            n = 1
+            while stale.exists():
+                stale, n = self.out.with_name(f"{self.out.name}.stale-{stamp}-{n}"), n + 1
+            self.out.rename(stale)
+            print(f"--resume=auto: {self.out} not resumed: {why}. Moved it to {stale}; "
+                  "starting afresh.")  # fmt: skip
+        D.barrier()
+
+    def data_fingerprint(self) -> dict[str, Any]:
+        """What the run trains on, by content: the annotation table's sha256, the cache key."""
+        if getattr(self, "_data_fingerprint", None) is None:
+            ann, tokens = Path(self.cfg.annotations), Path(self.cfg.tokens)
+            sha = hashlib.sha256(ann.read_bytes()).hexdigest() if ann.is_file() else None
+            from rasa.data.token_cache import stored_key
+
+            key = stored_key(tokens)  # None when absent or unreadable
+            self._data_fingerprint = {"annotations_sha256": sha, "tokens_key": key}
+        return self._data_fingerprint
 
     def open_log(self, dvclive: bool, summary: str) -> CurveLogger:
         """Create ``out`` (rank 0), save ``config.yaml``, start the log with ``summary``."""
@@ -276,7 +344,8 @@ class TrainingRun:
                 epoch=self.epoch, step_in_epoch=self.step_in_epoch, config=self.cfg.to_dict(),
                 generator=self.generator, rng_per_rank=states,
                 extra={"record": self.record, "schedule": {"total_steps": s.total_steps,
-                       "warmup_steps": s.warmup_steps}, **self.extra_state()},
+                       "warmup_steps": s.warmup_steps}, "data": self.data_fingerprint(),
+                       **self.extra_state()},
             )  # fmt: skip
         D.barrier()
 

@@ -30,12 +30,22 @@ FLAT_KEYS = ("r1", "r5", "r10", "mAP", "mINP", "r_mean")
 
 # ---- device, seeds, batches ----------------------------------------------------------------
 def pick_device(device: str = "auto") -> torch.device:
-    """``auto`` = CUDA when available, else CPU; an unavailable CUDA request raises."""
-    if device == "auto":
+    """``auto`` = CUDA when available, else CPU; an unknown or unavailable device raises."""
+    if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: expected auto, cpu, cuda or cuda:N.")
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine.")
-    return torch.device(device)
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)."
+        )
+    return dev
 
 
 def seed_everything(seed: int) -> None:

@@ -136,14 +136,27 @@ def load_generator(path: str | os.PathLike, vocab_size: int | None = None) -> nn
             AutoModelForMaskedLM.from_pretrained(path, local_files_only=True)
         )
     elif path.is_file():
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - truncated, not a torch file, or a pickle payload
+            raise ConfigError(
+                f"{path}: not a readable RTD generator file ({type(exc).__name__}; truncated, "
+                "or objects other than tensors and plain data, which are never unpickled). "
+                "Remove it: `rasa generator` trains it again."
+            ) from exc
         if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
             raise ConfigError(
                 f"{path}: not an RTD generator checkpoint (expected a dict with kind "
                 f"{CHECKPOINT_KIND!r}, 'config' and 'state_dict')."
             )
-        gen = FixedGenerator(GeneratorConfig(**ckpt["config"]))
-        gen.load_state_dict(ckpt["state_dict"])
+        try:
+            gen = FixedGenerator(GeneratorConfig(**ckpt["config"]))
+            gen.load_state_dict(ckpt["state_dict"])
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise ConfigError(
+                f"{path}: RTD generator file with a config or weights that do not fit "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0]}); remove it to retrain."
+            ) from exc
         gen.meta = dict(ckpt.get("meta") or {})
     else:
         raise ConfigError(f"RTD generator {path} does not exist; train one with train_generator.")

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 
+from rasa.cli import positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -48,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="top-k files for Fig. 5 (default: every topk*.json found); several "
                    "files are compared row by row on the same queries")  # fmt: skip
     p.add_argument("--annotations", help="annotation table to find Fig. 5's images")
-    p.add_argument("--queries", type=int, default=3, help="Fig. 5: number of queries shown")
+    p.add_argument(
+        "--queries", type=positive_int, default=3, help="Fig. 5: number of queries shown"
+    )
     p.add_argument("--runs", nargs="*", default=None, metavar="DIR",
                    help="training run directories (checkpoints/<experiment>): training curves, "
                    "CMMT pseudo-label quality, validation R@1 per (dataset, backbone)")  # fmt: skip

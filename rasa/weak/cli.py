@@ -3,8 +3,9 @@
 The experiment gives the dataset, backbone, model, optimiser and evaluation settings (its
 ``variant`` is ignored: CMMT has its own losses); CMMT's own settings
 (:class:`rasa.weak.train.CMMTConfig`) come from a top-level ``cmmt:`` section of the params
-file when present, then ``--cmmt key=value`` overrides (YAML values). Outputs as ``rasa train``
-plus ``cmmt_config.json`` and ``metrics.json["pseudo_labels"]``.
+file when present, then ``--cmmt key=value`` overrides (YAML values). The settings used are
+saved in the run's ``config.yaml`` (key ``cmmt``), so ``--config run/config.yaml`` keeps them.
+Outputs as ``rasa train`` plus ``cmmt_config.json`` and ``metrics.json["pseudo_labels"]``.
 """
 
 from __future__ import annotations
@@ -47,16 +48,19 @@ def cmmt_settings(params: dict | None, sets: list[str]) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rasa.engine.cli import resolve_run
+    from rasa.engine.cli import check_out_dir, resolve_run, resume_mode
     from rasa.engine.loop import EX_TEMPFAIL, Preempted
     from rasa.weak.train import train_cmmt
 
     cfg, params = resolve_run(args)
+    check_out_dir(args.out)
+    # the experiment's resolved `cmmt` (params or config.yaml), else the params' section
+    base = {"cmmt": cfg.cmmt} if cfg.cmmt is not None else params
     try:
         metrics = train_cmmt(
-            cfg, args.out, device=args.device, resume=args.resume,
+            cfg, args.out, device=args.device, resume=resume_mode(args),
             progress=not args.no_progress, dvclive=not args.no_dvclive,
-            cmmt=cmmt_settings(params, args.cmmt_sets),
+            cmmt=cmmt_settings(base, args.cmmt_sets),
         )  # fmt: skip
     except Preempted as exc:
         print(f"{exc}; checkpoint saved, exit {EX_TEMPFAIL} (requeue and run with --resume)")

@@ -28,6 +28,7 @@ those of the supervised loop (:mod:`rasa.engine.loop`).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -253,6 +254,7 @@ def train_cmmt(
     from rasa.io import write_json
 
     cc = CMMTConfig.from_any(cmmt if cmmt is not None else getattr(cfg, "cmmt", None))
+    cfg = dataclasses.replace(cfg, cmmt=asdict(cc))  # config.yaml and checkpoints record them
     tc, dev, t_start = cfg.train, pick_device(device), time.time()
     ann, cache, val_note = load_training_data(cfg)
     loss_cfg = make_loss_config(cfg.loss, cache)

@@ -1,6 +1,8 @@
 # Training (select on validation) and the one test evaluation of the selected checkpoint.
-# `rasa train --resume` continues from checkpoints/{experiment}/checkpoint_last.pt after a
-# preemption (exit 75, requeued by SLURM); metrics.json is written last and marks a done run.
+# `rasa train --resume=auto` continues from checkpoints/{experiment}/checkpoint_last.pt after a
+# preemption (exit 75, requeued by SLURM) when it was written with the same config and data;
+# otherwise (params changed) it moves the old run aside to checkpoints/{experiment}.stale-<time>/
+# and starts afresh. metrics.json is written last and marks a done run.
 
 
 wildcard_constraints:
@@ -32,7 +34,7 @@ rule train:
     shell:
         "{params.cli} train --experiment {wildcards.experiment} --params {params.params_file} "
         "--annotations {input.annotations} --tokens {input.tokens} "
-        "--out {params.out} --resume --no-progress > {log} 2>&1"
+        "--out {params.out} --resume=auto --no-progress > {log} 2>&1"
 
 
 rule evaluate:
