@@ -36,6 +36,9 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 & ~umask)
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, dest)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
@@ -43,6 +46,13 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         if isinstance(exc, OSError) and exc.errno is not None:
             raise _named(exc, dest) from exc
         raise
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _named(exc: OSError, dest: Path) -> OSError:

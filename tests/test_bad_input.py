@@ -522,3 +522,20 @@ def test_ours_or_official_is_decided_by_content(trained, tmp_path):
     assert config["source"] == "official"
     _, config = load_model_for_eval(trained / "checkpoint_best.pt")
     assert config["variant"] == "cl"
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
+    """mkstemp's 0600 is not left on outputs (a served HTML page, shared results)."""
+    import os
+    import stat
+
+    from rasa.io import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+        (tmp_path / "b.txt").write_text("x")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "a.txt").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o644
