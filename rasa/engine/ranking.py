@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rasa.engine.metrics import top_indices
+from rasa.engine.precision import autocast
 from rasa.errors import ConfigError, RasaError
 
 LAYOUTS = ("ours", "official")
@@ -89,12 +90,6 @@ def _slice_rows(tree: Any, start: int, stop: int) -> Any:
 
 def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @contextlib.contextmanager
@@ -197,7 +192,7 @@ def score_pairs(
     bar = tqdm(
         total=num_pairs, desc="re-rank pairs", unit="pair", disable=not progress, leave=False
     )
-    with eval_mode(model), _autocast(device, autocast_dtype):
+    with eval_mode(model), autocast(device, autocast_dtype):
         for b, g0 in enumerate(range(0, g, image_block)):
             lo, hi = int(bounds[b]), int(bounds[b + 1])
             if lo == hi:

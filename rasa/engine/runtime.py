@@ -225,12 +225,13 @@ def evaluate_split(model, ann, cfg: Any, cache, split: str) -> dict[str, Any]:
     model's train/eval mode is restored afterwards.
     """
     from rasa.engine.evaluate import evaluate_model, rerank_k
+    from rasa.engine.precision import precision_of
 
     inner = unwrap(model)
     was_training = inner.training
     inner.eval()
     dev = next(inner.parameters()).device
-    dtype = "bf16" if cfg.train.bf16 and dev.type == "cuda" else "fp32"
+    dtype = precision_of(cfg.train.bf16)  # evaluated in the precision it trains in
     with torch.no_grad():
         metrics, _ = evaluate_model(
             inner, ann, cfg.annotations, cache, split, k=rerank_k(cfg.variant, cfg.eval.k_test),
