@@ -80,10 +80,13 @@ class RaSaModel(nn.Module):
         vit = self.visual_encoder_m if momentum else self.visual_encoder
         return vit.forward_features(images)
 
-    def encode_text(self, ids: Tensor, mask: Tensor | None, momentum: bool = False) -> Tensor:
-        """[B, L] ids + padding mask -> [B, L, Dt] (text layers only)."""
+    def encode_text(
+        self, ids: Tensor, mask: Tensor | None, momentum: bool = False, pack: bool = False
+    ) -> Tensor:
+        """[B, L] ids + padding mask -> [B, L, Dt] (text layers only; ``pack``: real tokens
+        only, zeros at padding, :mod:`rasa.models.bert`)."""
         enc = self.text_encoder_m if momentum else self.text_encoder
-        return enc.forward_text(ids, mask)
+        return enc.forward_text(ids, mask, pack=pack)
 
     def image_embed(self, image_tokens: Tensor, momentum: bool = False) -> Tensor:
         """Normalised projection of the image CLS token: [B, 1 + M, Dv] -> [B, E]."""
@@ -102,14 +105,21 @@ class RaSaModel(nn.Module):
         image_tokens: Tensor | None = None,
         momentum: bool = False,
         image_kv: ImageKV | None = None,
+        *,
+        pack: bool = False,
+        cls_only: bool = False,
     ) -> Tensor:
         """Cross-modal encoder: [B, L, Dt] text attending [B, 1 + M, Dv] image -> [B, L, Dt].
 
         ``image_kv`` (from :meth:`precompute_image_kv`, rows gathered per pair with
         :func:`gather_image_kv`) replaces ``image_tokens``; a batch of 1 broadcasts.
+        ``cls_only``: the last layer for the [CLS] query only -> [B, 1, Dt], all that the ITM
+        and PRD heads read; ``pack``: real tokens only (:mod:`rasa.models.bert`).
         """
         enc = self.text_encoder_m if momentum else self.text_encoder
-        return enc.forward_fusion(text_tokens, text_mask, image_tokens, image_kv)
+        return enc.forward_fusion(
+            text_tokens, text_mask, image_tokens, image_kv, pack=pack, cls_only=cls_only
+        )
 
     def precompute_image_kv(self, image_tokens: Tensor, momentum: bool = False) -> ImageKV:
         """Per fusion layer (K, V), each [N, heads, 1 + M, head_dim], for image tokens [N, 1 + M, Dv]."""
@@ -117,11 +127,16 @@ class RaSaModel(nn.Module):
         return enc.precompute_kv(image_tokens)
 
     def text_image(
-        self, ids: Tensor, mask: Tensor | None, image_tokens: Tensor, momentum: bool = False
+        self,
+        ids: Tensor,
+        mask: Tensor | None,
+        image_tokens: Tensor,
+        momentum: bool = False,
+        pack: bool = False,
     ) -> Tensor:
         """Whole text stack (text layers, then fusion layers) on ``ids``: [B, L, Dt]."""
-        text = self.encode_text(ids, mask, momentum)
-        return self.fuse(text, mask, image_tokens, momentum)
+        text = self.encode_text(ids, mask, momentum, pack=pack)
+        return self.fuse(text, mask, image_tokens, momentum, pack=pack)
 
     # ------------------------------------------------------------------ heads
     def itm_logits(self, fused: Tensor) -> Tensor:
