@@ -79,6 +79,28 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
+def _embed(
+    model: nn.Module,
+    batches: Any,
+    encode: Any,
+    embed: Any,
+    amp: torch.dtype | None,
+    device: torch.device,
+    desc: str,
+    progress: bool,
+) -> tuple[Tensor, Tensor]:
+    """Tokens (CPU, bf16 under bf16 autocast) and fp32 embeddings of every batch:
+    ``encode(batch) -> tokens`` on the device, ``embed(tokens) -> features``."""
+    store = amp or torch.float32
+    tokens, feats = [], []
+    with eval_mode(model), autocast(device, amp):
+        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+            t = encode(batch)
+            feats.append(embed(t).float().cpu())
+            tokens.append(t.to(store).cpu())
+    return torch.cat(tokens), torch.cat(feats)
+
+
 def embed_images(
     model: nn.Module,
     loader: Any,
@@ -86,19 +108,16 @@ def embed_images(
     amp: torch.dtype | None = None,
     progress: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Image tokens [G, 1+M, Dv] (CPU, bf16 under bf16 autocast) and embeddings [G, E] (fp32)."""
-    store = amp or torch.float32
-    tokens, feats = [], []
-    with eval_mode(model), autocast(device, amp):
-        for batch in tqdm(loader, desc="embed images", unit="batch", disable=not progress):
-            images = batch["image"] if isinstance(batch, dict) else batch
-            t = model.encode_image(images.to(device, non_blocking=True))
-            feats.append(model.image_embed(t).float().cpu())
-            tokens.append(t.to(store).cpu())
-    return torch.cat(tokens), torch.cat(feats)
+    """Image tokens [G, 1+M, Dv] (CPU, bf16 under bf16 autocast) and embeddings [G, E] (fp32)
+    of the batches of ``loader`` (dicts with key ``image``, or image tensors)."""
+
+    def encode(batch: Any) -> Tensor:
+        images = batch["image"] if isinstance(batch, dict) else batch
+        return model.encode_image(images.to(device, non_blocking=True))
+
+    return _embed(model, loader, encode, model.image_embed, amp, device, "embed images", progress)
 
 
-@torch.no_grad()
 def embed_texts(
     model: nn.Module,
     ids: Tensor,
@@ -109,17 +128,13 @@ def embed_texts(
     progress: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Text-encoder tokens [Q, L, D] (CPU) and embeddings [Q, E] (fp32) of caption ids/masks."""
-    store = amp or torch.float32
-    tokens, feats = [], []
-    with eval_mode(model), autocast(device, amp):
-        starts = range(0, ids.shape[0], batch_size)
-        for s in tqdm(starts, desc="embed captions", unit="batch", disable=not progress):
-            t = model.encode_text(
-                ids[s : s + batch_size].to(device), mask[s : s + batch_size].to(device)
-            )
-            feats.append(model.text_embed(t).float().cpu())
-            tokens.append(t.to(store).cpu())
-    return torch.cat(tokens), torch.cat(feats)
+
+    def encode(s: int) -> Tensor:
+        rows = slice(s, s + batch_size)
+        return model.encode_text(ids[rows].to(device), mask[rows].to(device))
+
+    starts = range(0, ids.shape[0], batch_size)
+    return _embed(model, starts, encode, model.text_embed, amp, device, "embed captions", progress)
 
 
 def similarity(text_feats: Tensor, image_feats: Tensor, device: torch.device) -> Tensor:

@@ -209,16 +209,22 @@ class BertLayer(nn.Module):
         image_kv: tuple[Tensor, Tensor] | None = None,
         packing: Packing | None = None,
         cls_only: bool = False,
+        self_attended: bool = False,
     ) -> Tensor:
         """[B, L, D] (packed: [N, D]) -> the same; ``cls_only``: [B, 1, D], the [CLS] query's
-        output only (keys and values still come from every token)."""
+        output only (keys and values still come from every token); ``self_attended``:
+        ``hidden`` is already this layer's self-attention output (:meth:`FusionEncoderMixin.
+        fusion_prefix`)."""
         if cls_only:
             query = hidden[:, :1] if packing is None else hidden[packing.first_rows()][:, None]
+        if self_attended:
+            x = query if cls_only else hidden
+        elif cls_only:
             x = self.attention(query, mask, keys=hidden, packing=packing)
-            packing = None  # one query per sequence from here on
         else:
             x = self.attention(hidden, mask, packing=packing)
         if self.crossattention is not None:
+            packing = None if cls_only else packing
             x = self.crossattention(x, None, context=image_tokens, kv=image_kv, packing=packing)
         return self.output(self.intermediate(x), x)
 
@@ -247,9 +253,13 @@ class FusionEncoderMixin:
         *,
         pack: bool = False,
         cls_only: bool = False,
+        from_prefix: bool = False,
     ) -> Tensor:
         """Cross-modal encoder: text tokens [B, L, D] attend image tokens [B, M, Dv] ->
-        [B, L, D] (``cls_only``: [B, 1, D]; ``pack``: see the module docstring)."""
+        [B, L, D] (``cls_only``: [B, 1, D]; ``pack``: see the module docstring).
+
+        ``from_prefix``: ``hidden`` is :meth:`fusion_prefix` of the text tokens, not the text
+        tokens themselves (the first layer's self-attention is skipped)."""
         if (image_tokens is None) == (image_kv is None):
             raise ValueError("forward_fusion needs exactly one of image_tokens and image_kv")
         layers = self.fusion_layers
@@ -263,12 +273,26 @@ class FusionEncoderMixin:
         for i, layer in enumerate(layers):
             kv = None if image_kv is None else image_kv[i]
             only = cls_only and i == last
-            hidden = layer(hidden, m, image_tokens, kv, packing=packing, cls_only=only)
+            done = from_prefix and i == 0
+            hidden = layer(
+                hidden, m, image_tokens, kv, packing=packing, cls_only=only, self_attended=done
+            )
         if cls_only and not layers:
             hidden = hidden[:, :1]
         elif packing is not None and not cls_only:
             hidden = packing.unpack(hidden)
         return hidden
+
+    def fusion_prefix(self, hidden: Tensor, mask: Tensor | None) -> Tensor:
+        """The first fusion layer's self-attention output [B, L, D] for text tokens [B, L, D].
+
+        It depends on the caption alone: a caption scored against k images (re-ranking)
+        computes it once and passes it with ``forward_fusion(..., from_prefix=True)``.
+        """
+        layers = self.fusion_layers
+        if not layers:
+            return hidden
+        return layers[0].attention(hidden, attention_mask(mask))
 
     def precompute_kv(self, image_tokens: Tensor) -> ImageKV:
         """Cross-attention (K, V) of every fusion layer for image tokens [N, M, Dv]."""

@@ -108,18 +108,30 @@ class RaSaModel(nn.Module):
         *,
         pack: bool = False,
         cls_only: bool = False,
+        from_prefix: bool = False,
     ) -> Tensor:
         """Cross-modal encoder: [B, L, Dt] text attending [B, 1 + M, Dv] image -> [B, L, Dt].
 
         ``image_kv`` (from :meth:`precompute_image_kv`, rows gathered per pair with
         :func:`gather_image_kv`) replaces ``image_tokens``; a batch of 1 broadcasts.
         ``cls_only``: the last layer for the [CLS] query only -> [B, 1, Dt], all that the ITM
-        and PRD heads read; ``pack``: real tokens only (:mod:`rasa.models.bert`).
+        and PRD heads read; ``pack``: real tokens only (:mod:`rasa.models.bert`);
+        ``from_prefix``: ``text_tokens`` is :meth:`fusion_prefix` of the text tokens.
         """
         enc = self.text_encoder_m if momentum else self.text_encoder
         return enc.forward_fusion(
-            text_tokens, text_mask, image_tokens, image_kv, pack=pack, cls_only=cls_only
-        )
+            text_tokens, text_mask, image_tokens, image_kv,
+            pack=pack, cls_only=cls_only, from_prefix=from_prefix,
+        )  # fmt: skip
+
+    def fusion_prefix(
+        self, text_tokens: Tensor, text_mask: Tensor | None, momentum: bool = False
+    ) -> Tensor:
+        """The first fusion layer's self-attention output for text tokens [B, L, Dt]: it
+        depends on the caption alone, so re-ranking computes it once per caption, not per
+        (caption, image) pair; pass it to :meth:`fuse` with ``from_prefix=True``."""
+        enc = self.text_encoder_m if momentum else self.text_encoder
+        return enc.fusion_prefix(text_tokens, text_mask)
 
     def precompute_image_kv(self, image_tokens: Tensor, momentum: bool = False) -> ImageKV:
         """Per fusion layer (K, V), each [N, heads, 1 + M, head_dim], for image tokens [N, 1 + M, Dv]."""
