@@ -24,7 +24,6 @@ from torch import Tensor, nn
 
 from rasa.models.bert import ImageKV, MLMHead, TextEncoder, init_bert_weights
 from rasa.models.config import ModelConfig
-from rasa.models.vit import build_vit
 
 TEMP_MIN, TEMP_MAX = 0.001, 0.5
 
@@ -253,6 +252,8 @@ def build_image_encoder(cfg: ModelConfig) -> nn.Module:
         from rasa.models.clip import CLIPVisionTower
 
         return CLIPVisionTower(cfg)
+    from rasa.models.vit import build_vit  # imports timm
+
     return build_vit(cfg)
 
 
