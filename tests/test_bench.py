@@ -112,3 +112,28 @@ def test_cuda_peak_memory_path_uses_the_allocator_statistics(monkeypatch):
     stats["peak"] = 350 * 2**20  # a step that peaked 250 MiB above the start
     assert memory.added_mib() == pytest.approx(250.0)
     assert memory.peak_mib() == pytest.approx(350.0)
+
+
+def test_gpu_check_dry_run_prints_every_figure(tmp_path):
+    """scripts/gpu_check.sh --dry: the GPU check's commands at tiny sizes on the CPU."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu_check.json"
+    env = dict(os.environ, PYTHON=sys.executable)
+    proc = subprocess.run(
+        ["bash", str(root / "scripts" / "gpu_check.sh"), "--dry", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert doc == json.loads(out.read_text()) and doc["dry"] is True
+    step, ev = doc["train_step"], doc["evaluate"]
+    assert step["dtype"] == "bf16" and step["autocast"] == "bfloat16"
+    assert step["seconds_per_step"] > 0 and step["added_peak_mib"] >= 0
+    assert ev["dtype"] == "bf16" and ev["compare"]["dtype"] == "fp32"
+    assert 0 <= ev["agreement"]["top1_same"] <= 1 and len(ev["agreement"]["r1"]) == 2
+    assert ev["max_abs_diff"] < 1e-2  # bf16 batched vs bf16 per-query loop

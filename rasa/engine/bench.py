@@ -311,6 +311,58 @@ def bench_train_step(
 
 
 # ---- evaluation ----------------------------------------------------------------------------
+def _two_stage(
+    model: torch.nn.Module,
+    images: list[torch.Tensor],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    k: int,
+    dev: torch.device,
+    dtype: str,
+    opts: dict[str, Any],
+) -> dict[str, Any]:
+    """One timed evaluation in ``dtype``: embeddings, similarities, re-ranking; scores and
+    figures (seconds, memory)."""
+    from rasa.engine.evaluate import embed_images, embed_texts, similarity
+    from rasa.engine.ranking import compose_scores, rerank_logits
+
+    amp = autocast_dtype(dtype, dev)
+    memory = PeakMemory(dev).start()
+    _sync(dev)
+    t0 = time.perf_counter()
+    image_tokens, image_feats = embed_images(model, images, dev, amp, progress=False)
+    t1 = time.perf_counter()
+    text_tokens, text_feats = embed_texts(
+        model, ids, mask, opts["batch_size"], dev, amp, progress=False
+    )
+    sims = similarity(text_feats, image_feats, dev)
+    _sync(dev)
+    t2 = time.perf_counter()
+    result = rerank_logits(
+        model, text_tokens, mask, sims, image_tokens, k, pair_batch=opts["pair_batch"],
+        image_block=opts["image_block"], share_min=opts["share_min"], autocast_dtype=amp,
+    )  # fmt: skip
+    scores = compose_scores(sims, result, "official")
+    _sync(dev)
+    t3 = time.perf_counter()
+    figures = {
+        "dtype": dtype,
+        "autocast": str(amp).replace("torch.", "") if amp else None,
+        "embed_images_s": t1 - t0,
+        "embed_texts_s": t2 - t1,
+        "embed_s": t2 - t0,
+        "rerank_s": t3 - t2,
+        "total_s": t3 - t0,
+        "rerank_ms_per_query": 1000 * (t3 - t2) / ids.shape[0],
+        "added_peak_mib": round(memory.added_mib(), 1),
+        "added_peak_kind": memory.kind,
+    }
+    if dev.type == "cuda":
+        figures["cuda_peak_allocated_mib"] = round(memory.peak_mib(), 1)
+    return {"figures": figures, "scores": scores, "sims": sims, "amp": amp,
+            "text_tokens": text_tokens, "image_tokens": image_tokens}  # fmt: skip
+
+
 @torch.no_grad()
 def bench_evaluate(
     model: str | torch.nn.Module = "tiny",
@@ -325,6 +377,7 @@ def bench_evaluate(
     image_block: int = 256,
     device: str | torch.device | None = None,
     dtype: str = "fp32",
+    compare: str | None = None,
     naive_queries: int | None = None,
     share_min: int | None = None,
     threads: int | None = None,
@@ -335,17 +388,19 @@ def bench_evaluate(
 
     Returns a JSON-able dict of sizes, seconds, ms per query, memory, the speed-up over the
     loop and the largest score difference between the two (they compute the same function).
+    ``compare`` (e.g. "fp32" beside ``dtype="bf16"``) runs the evaluation again in that
+    precision and reports its figures under ``compare`` with the agreement of the two: the
+    share of queries with the same top-1 image, and R@1 / mAP of both against synthetic
+    person ids (two images and ``num_queries / (num_images / 2)`` captions per id).
     """
-    from rasa.engine.evaluate import embed_images, embed_texts, resolve_device, similarity
-    from rasa.engine.ranking import compose_scores, rerank_logits, rerank_naive
+    from rasa.engine.evaluate import resolve_device
+    from rasa.engine.ranking import rerank_naive
     from rasa.models import create_model
 
     rss_imports = rss_mib()
-
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
-    amp = autocast_dtype(dtype, dev)
     if isinstance(model, str):
         torch.manual_seed(seed)
         model = create_model(model, **model_overrides(model, sizes))
@@ -358,31 +413,15 @@ def bench_evaluate(
         for s in range(0, num_images, batch_size)
     ]
     ids, mask = random_captions(num_queries, caption_length, cfg.vocab_size, gen)
+    opts = {"batch_size": batch_size, "pair_batch": pair_batch, "image_block": image_block,
+            "share_min": share_min}  # fmt: skip
 
     rss_model = rss_mib()
-    memory = PeakMemory(dev).start()
-    _sync(dev)
-    t0 = time.perf_counter()
-    image_tokens, image_feats = embed_images(model, images, dev, amp, progress=False)
-    t1 = time.perf_counter()
-    text_tokens, text_feats = embed_texts(model, ids, mask, batch_size, dev, amp, progress=False)
-    sims = similarity(text_feats, image_feats, dev)
-    _sync(dev)
-    t2 = time.perf_counter()
-    result = rerank_logits(
-        model, text_tokens, mask, sims, image_tokens, k,
-        pair_batch=pair_batch, image_block=image_block, share_min=share_min, autocast_dtype=amp,
-    )  # fmt: skip
-    fast = compose_scores(sims, result, "official")
-    _sync(dev)
-    t3 = time.perf_counter()
-    added = memory.added_mib()
+    run = _two_stage(model, images, ids, mask, k, dev, dtype, opts)
     report: dict[str, Any] = {
         "bench": "evaluate",
         "model": cfg.name,
         "model_size": cfg.summary(),
-        "dtype": dtype,
-        "autocast": str(amp).replace("torch.", "") if amp else None,
         "num_queries": num_queries,
         "num_images": num_images,
         "caption_length": list(_check_lengths(caption_length)),
@@ -391,30 +430,48 @@ def bench_evaluate(
         "pair_batch": pair_batch,
         "image_block": image_block,
         "share_min": share_min or 0,
-        "embed_images_s": t1 - t0,
-        "embed_texts_s": t2 - t1,
-        "embed_s": t2 - t0,
-        "rerank_s": t3 - t2,
-        "total_s": t3 - t0,
-        "rerank_ms_per_query": 1000 * (t3 - t2) / num_queries,
+        **run["figures"],
         "rss_after_imports_mib": round(rss_imports, 1),
         "rss_after_model_mib": round(rss_model, 1),
-        "added_peak_mib": round(added, 1),
-        "added_peak_kind": memory.kind,
         **_environment(dev),
     }
-    if dev.type == "cuda":
-        report["cuda_peak_allocated_mib"] = round(memory.peak_mib(), 1)
+    if compare is not None:
+        other = _two_stage(model, images, ids, mask, k, dev, compare, opts)
+        report["compare"] = other["figures"]
+        report["agreement"] = _agreement(run["scores"], other["scores"], num_images, dev)
+        report["agreement"]["first_stage"] = _agreement(run["sims"], other["sims"], num_images, dev)
+        del other
     n = num_queries if naive_queries is None else min(naive_queries, num_queries)
     if n > 0:
+        amp, text_tokens = run["amp"], run["text_tokens"]
         tt = text_tokens[:n].float() if amp is None else text_tokens[:n]
         with autocast(dev, amp):
             t4 = time.perf_counter()
-            slow = rerank_naive(model, tt, mask[:n], sims[:n], image_tokens, k, layout="official")
+            slow = rerank_naive(
+                model, tt, mask[:n], run["sims"][:n], run["image_tokens"], k, layout="official"
+            )
             _sync(dev)
             t5 = time.perf_counter()
         report["naive_queries"] = n
         report["naive_ms_per_query"] = 1000 * (t5 - t4) / n
         report["speedup"] = report["naive_ms_per_query"] / max(1e-9, report["rerank_ms_per_query"])
-        report["max_abs_diff"] = float((slow - fast[:n]).abs().max())
+        report["max_abs_diff"] = float((slow - run["scores"][:n]).abs().max())
     return report
+
+
+def _agreement(a: torch.Tensor, b: torch.Tensor, num_images: int, dev: torch.device) -> dict:
+    """How two score matrices [Q, G] of the same queries agree (see :func:`bench_evaluate`)."""
+    from rasa.engine.metrics import retrieval_metrics, top_indices
+
+    ids = max(1, num_images // 2)
+    query_pids = torch.arange(a.shape[0]) % ids
+    gallery_pids = torch.arange(a.shape[1]) % ids
+    metric_dev = dev if dev.type == "cuda" else None
+    ma = retrieval_metrics(a, query_pids, gallery_pids, device=metric_dev)
+    mb = retrieval_metrics(b, query_pids, gallery_pids, device=metric_dev)
+    same_top1 = top_indices(a, 1).eq(top_indices(b, 1)).float().mean()
+    return {
+        "top1_same": float(same_top1),
+        "r1": [ma["r1"], mb["r1"]],
+        "mAP": [ma["mAP"], mb["mAP"]],
+    }

@@ -93,6 +93,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--batch-size", type=int, default=64, help="embedding batch (default 64)")
     b.add_argument("--pair-batch", type=int, default=256, help="pairs per fusion call")
     b.add_argument("--image-block", type=int, default=256, help="images per K/V block")
+    b.add_argument("--compare", choices=("fp32", "bf16", "auto"),
+                   help="run again in this precision and report both and their agreement")  # fmt: skip
     b.add_argument("--naive-queries", type=int, default=None,
                    help="queries timed with the per-query loop (default all; 0 = none)")  # fmt: skip
     add_bench_arguments(b, caption_length=(3, 30))
@@ -262,8 +264,8 @@ def _bench_evaluate(args: argparse.Namespace) -> int:
         args.backbone, num_queries=args.queries, num_images=args.gallery, k=args.k_test,
         sizes=bench_sizes(args), caption_length=tuple(args.caption_length),
         batch_size=args.batch_size, pair_batch=args.pair_batch, image_block=args.image_block,
-        device=args.device, dtype=args.dtype, naive_queries=args.naive_queries,
-        threads=args.threads,
+        device=args.device, dtype=args.dtype, compare=args.compare,
+        naive_queries=args.naive_queries, threads=args.threads,
     )  # fmt: skip
     print(json.dumps(res))
     return 0
