@@ -130,6 +130,17 @@ class BertSelfAttention(nn.Module):
         """Keys and values of ``context`` [B, M, Dk] (or packed [N, Dk]) -> two [B, h, M, d]."""
         return self._split(self.key(context), packing), self._split(self.value(context), packing)
 
+    def _self_qkv(self, hidden: Tensor, packing: Packing | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention Q, K, V [B, h, L, d] in ONE matrix multiply (and one unpacking)."""
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        qkv = F.linear(hidden, weight, bias)
+        if packing is not None:
+            qkv = packing.unpack(qkv)
+        b, n, _ = qkv.shape
+        qkv = qkv.view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]
+
     def forward(
         self,
         hidden: Tensor,
@@ -142,15 +153,18 @@ class BertSelfAttention(nn.Module):
         """Queries from ``hidden``; keys/values from ``kv``, else ``context`` (image tokens),
         else ``keys`` (self-attention of a query subset), else ``hidden``. With ``packing``,
         ``hidden`` (and ``keys``) are packed [N, D] and so is the output."""
-        q = self._split(self.query(hidden), packing if keys is None else None)
+        if kv is None and context is None and keys is None:
+            q, k, v = self._self_qkv(hidden, packing)
+        else:
+            q = self._split(self.query(hidden), packing if keys is None else None)
         if kv is not None:
             k, v = kv
             if k.shape[0] != q.shape[0]:
                 k, v = k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1)
         elif context is not None:
             k, v = self.project_kv(context)
-        else:
-            k, v = self.project_kv(hidden if keys is None else keys, packing)
+        elif keys is not None:
+            k, v = self.project_kv(keys, packing)
         dropout = self.dropout_p if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         b, _, n, _ = out.shape
