@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="candidates re-ranked (default: the run's eval.k_test; 0 = no "
                    "re-ranking, the default for variants without ITM)")  # fmt: skip
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "auto"),
+                   help="bf16 autocast (on a CPU too), fp32 (default), or auto (bf16 on CUDA "
+                   "only)")  # fmt: skip
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("bench", help="time a training step or an evaluation; prints one JSON line")
@@ -239,7 +242,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     evaluate_checkpoint(
         args.checkpoint, args.annotations, args.tokens, split=args.split, out=args.out,
-        topk_out=args.topk_out, k=args.k_test, device=args.device, dataset=args.dataset,
+        topk_out=args.topk_out, k=args.k_test, device=args.device, dtype=args.dtype,
+        dataset=args.dataset,
     )  # fmt: skip
     return 0
 

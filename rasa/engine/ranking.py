@@ -15,7 +15,9 @@ What this does differently from the official loop (same function, far less work)
   (``model.precompute_image_kv``), one block of ``image_block`` images at a time, and gathered
   for the pairs of that block (the official code recomputes them for every pair);
 - captions are trimmed to the longest one in each chunk (padding only costs time);
-- optional autocast (``autocast_dtype=torch.bfloat16``) on CUDA.
+- only what the ITM head reads: K/V only for images in some top k, the first fusion layer's
+  self-attention once per caption (it does not see the image), the last layer for [CLS] only;
+- optional autocast (``autocast_dtype=torch.bfloat16``), on CUDA or a CPU.
 
 The same pair scorer (:func:`score_pairs`) serves image→text re-ranking (``direction="i2t"``:
 each image's top k captions, Flickr30K/COCO "TR" in Table 5).
