@@ -256,23 +256,24 @@ def bench_train_step(
     rng = torch.Generator(device=dev).manual_seed(0)
     model.train()
 
-    def one() -> tuple[float, float]:
+    def one() -> tuple[float, float, float]:
         _sync(dev)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with autocast(dev, amp):
             losses = step(batch, 0.4, rng)
         losses["loss"].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         _sync(dev)
-        return time.perf_counter() - t0, float(losses["loss"].detach())
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return wall, cpu, float(losses["loss"].detach())
 
     rss_model = rss_mib()
     memory = PeakMemory(dev).start()
     warm = [one() for _ in range(warmup)]
     timed = [one() for _ in range(repeats)]
     added = memory.added_mib()
-    times = [t for t, _ in timed]
+    times = [t for t, _, _ in timed]
     record: dict[str, Any] = {
         "bench": "train-step",
         "backbone": backbone,
@@ -286,9 +287,12 @@ def bench_train_step(
         "seconds_per_step": statistics.median(times),
         "seconds_min": min(times),
         "seconds_all": times,
-        "warmup_seconds": [t for t, _ in warm],
+        # CPU seconds of this process per step (all threads): on a shared machine less
+        # disturbed by other processes than the wall clock
+        "cpu_seconds_per_step": statistics.median(c for _, c, _ in timed),
+        "warmup_seconds": [t for t, _, _ in warm],
         "pairs_per_second": batch_size / statistics.median(times),
-        "losses": [v for _, v in warm + timed],
+        "losses": [v for _, _, v in warm + timed],
         "rss_after_imports_mib": round(rss_imports, 1),
         "rss_after_model_mib": round(rss_model, 1),
         "added_peak_mib": round(added, 1),
@@ -329,7 +333,7 @@ def _two_stage(
     amp = autocast_dtype(dtype, dev)
     memory = PeakMemory(dev).start()
     _sync(dev)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     image_tokens, image_feats = embed_images(model, images, dev, amp, progress=False)
     t1 = time.perf_counter()
     text_tokens, text_feats = embed_texts(
@@ -353,6 +357,7 @@ def _two_stage(
         "embed_s": t2 - t0,
         "rerank_s": t3 - t2,
         "total_s": t3 - t0,
+        "cpu_total_s": time.process_time() - c0,  # this process, all threads
         "rerank_ms_per_query": 1000 * (t3 - t2) / ids.shape[0],
         "added_peak_mib": round(memory.added_mib(), 1),
         "added_peak_kind": memory.kind,
