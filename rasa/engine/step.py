@@ -203,12 +203,18 @@ def _relation_aware(
         image_index += [neg.image_idx[neg.image_valid], i_rows]
         n_neg_img, n_neg_txt = t_rows.numel(), i_rows.numel()
     t_idx, i_idx = torch.cat(text_index), torch.cat(image_index)
+    official = model.config.official_semantics
+    # The first fusion layer's self-attention sees the caption alone: computed once per
+    # caption, not once per pair (its dropout masks are then shared by a caption's pairs; the
+    # official code draws them per pair, which official_semantics keeps).
+    prefix = text_tokens if official else model.fusion_prefix(text_tokens, text_mask, pack=True)
     fused = model.fuse(  # [P, 1, D]: the heads read the [CLS] output only
-        text_tokens.index_select(0, t_idx),
+        prefix.index_select(0, t_idx),
         text_mask.index_select(0, t_idx),
         image_kv=gather_image_kv(image_kv, i_idx),
-        pack=not model.config.official_semantics,
+        pack=not official,
         cls_only=True,
+        from_prefix=not official,
     )
     out: dict[str, Tensor] = {}
     replace = batch["replace"].view(-1)

@@ -297,16 +297,21 @@ class FusionEncoderMixin:
             hidden = packing.unpack(hidden)
         return hidden
 
-    def fusion_prefix(self, hidden: Tensor, mask: Tensor | None) -> Tensor:
+    def fusion_prefix(self, hidden: Tensor, mask: Tensor | None, pack: bool = False) -> Tensor:
         """The first fusion layer's self-attention output [B, L, D] for text tokens [B, L, D].
 
-        It depends on the caption alone: a caption scored against k images (re-ranking)
-        computes it once and passes it with ``forward_fusion(..., from_prefix=True)``.
+        It depends on the caption alone: a caption paired with several images (re-ranking,
+        the ITM negatives) computes it once and passes it with ``forward_fusion(...,
+        from_prefix=True)``.
         """
         layers = self.fusion_layers
         if not layers:
             return hidden
-        return layers[0].attention(hidden, attention_mask(mask))
+        m = attention_mask(mask)
+        packing = Packing.of(mask) if pack and m is not None else None
+        if packing is None:
+            return layers[0].attention(hidden, m)
+        return packing.unpack(layers[0].attention(packing.pack(hidden), m, packing=packing))
 
     def precompute_kv(self, image_tokens: Tensor) -> ImageKV:
         """Cross-attention (K, V) of every fusion layer for image tokens [N, M, Dv]."""

@@ -124,13 +124,17 @@ class RaSaModel(nn.Module):
         )  # fmt: skip
 
     def fusion_prefix(
-        self, text_tokens: Tensor, text_mask: Tensor | None, momentum: bool = False
+        self,
+        text_tokens: Tensor,
+        text_mask: Tensor | None,
+        momentum: bool = False,
+        pack: bool = False,
     ) -> Tensor:
         """The first fusion layer's self-attention output for text tokens [B, L, Dt]: it
         depends on the caption alone, so re-ranking computes it once per caption, not per
         (caption, image) pair; pass it to :meth:`fuse` with ``from_prefix=True``."""
         enc = self.text_encoder_m if momentum else self.text_encoder
-        return enc.fusion_prefix(text_tokens, text_mask)
+        return enc.fusion_prefix(text_tokens, text_mask, pack=pack)
 
     def precompute_image_kv(self, image_tokens: Tensor, momentum: bool = False) -> ImageKV:
         """Per fusion layer (K, V), each [N, heads, 1 + M, head_dim], for image tokens [N, 1 + M, Dv]."""
