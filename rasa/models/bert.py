@@ -48,6 +48,39 @@ def attention_mask(mask: Tensor | None) -> Tensor | None:
     return mask[:, None, None, :]
 
 
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout (keep with probability 1 - p, scale by 1 / (1 - p)), as ``F.dropout``.
+
+    On a CPU the mask is drawn as ``rand >= p``, about 3x cheaper than the ``bernoulli_`` of
+    ``F.dropout`` (which took ~8 % of a training step); elsewhere ``F.dropout`` (a fused
+    kernel on CUDA). Same distribution, another random stream.
+    """
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    keep = torch.rand(x.shape, device=x.device) >= p
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` drawing its mask with :func:`dropout` (no parameters, same state dict)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def _attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float) -> Tensor:
+    """Scaled dot-product attention; with dropout on a CPU computed here (softmax, then
+    :func:`dropout`), since SDPA then runs the same unfused math with the slower mask."""
+    if p == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return dropout(scores.softmax(dim=-1), p, True) @ v
+
+
 class Packing(NamedTuple):
     """The real tokens of a padded [B, L] batch, to run per-token work on them alone."""
 
@@ -93,7 +126,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.text_width)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.text_width)
         self.LayerNorm = nn.LayerNorm(cfg.text_width, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.dropout = Dropout(cfg.hidden_dropout)
 
     def forward(self, ids: Tensor, packing: Packing | None = None) -> Tensor:
         """[B, L] -> [B, L, D] (packed: [N, D])."""
@@ -165,8 +198,7 @@ class BertSelfAttention(nn.Module):
             k, v = self.project_kv(context)
         elif keys is not None:
             k, v = self.project_kv(keys, packing)
-        dropout = self.dropout_p if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        out = _attention(q, k, v, mask, self.dropout_p if self.training else 0.0)
         b, _, n, _ = out.shape
         out = out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim)
         return out if packing is None or keys is not None else packing.pack(out)
@@ -179,7 +211,7 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(in_width, cfg.text_width)
         self.LayerNorm = nn.LayerNorm(cfg.text_width, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.dropout = Dropout(cfg.hidden_dropout)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
         return self.LayerNorm(self.dropout(self.dense(x)) + residual)
