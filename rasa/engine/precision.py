@@ -39,9 +39,14 @@ def precision_of(setting: str | bool) -> str:
     return setting
 
 
-def autocast_dtype(setting: str | bool, device: torch.device | str) -> torch.dtype | None:
-    """The autocast dtype of ``setting`` on ``device`` (None = plain float32)."""
+def autocast_dtype(
+    setting: str | bool, device: torch.device | str | None = None
+) -> torch.dtype | None:
+    """The autocast dtype of ``setting`` on ``device`` (None = plain float32; device None =
+    CUDA when available, else the CPU)."""
     precision = precision_of(setting)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda"):
         return torch.bfloat16
     return None
