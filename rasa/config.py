@@ -66,7 +66,7 @@ class TrainConfig:
     ckpt_every_steps: int = 500
     eval_every_epochs: int = 1
     log_every_steps: int = 10
-    bf16: bool = True
+    bf16: bool | str = True  # true: bf16 autocast on CUDA; "always": on a CPU too
     compile: bool = False
     num_workers: int = 2
     val_from_train: float = 0.1

@@ -1,5 +1,5 @@
 """Evaluation of a model on a split: wiring (pids, caption rows, gallery order) against a
-direct reference, the metrics/topk files of a checkpoint, and the benchmark."""
+direct reference, the metrics/topk files of a checkpoint."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from PIL import Image
 from rasa.data.annotations import Annotations, Record
 from rasa.data.dataset import ImageDataset, split_captions
 from rasa.data.token_cache import build_cache
-from rasa.engine.evaluate import bench_evaluate, evaluate_checkpoint, evaluate_model
+from rasa.engine.evaluate import evaluate_checkpoint, evaluate_model
 from rasa.engine.metrics import METRIC_KEYS, retrieval_metrics
 from rasa.engine.ranking import rerank_naive
 from rasa.errors import ConfigError
@@ -171,16 +171,6 @@ def test_bad_dtype(dataset) -> None:
     ann, ann_path, cache_path, model = dataset
     with pytest.raises(ConfigError, match="dtype"):
         evaluate_model(model, ann, ann_path, cache_path, "test", dtype="fp8", progress=False)
-
-
-def test_bench_evaluate_small() -> None:
-    torch.manual_seed(0)
-    model = create_model("tiny", image_size=(32, 16), queue_size=16)
-    report = bench_evaluate(model, num_queries=12, num_images=7, k=3, text_len=8, pair_batch=5)
-    assert report["num_queries"] == 12 and report["k"] == 3
-    assert report["max_abs_diff"] < 1e-4
-    for key in ("embed_s", "rerank_s", "rerank_ms_per_query", "naive_ms_per_query", "speedup"):
-        assert report[key] > 0
 
 
 def test_load_model_for_eval_reads_official_checkpoints() -> None:

@@ -174,3 +174,30 @@ def test_official_fixture_scores_topk(fixture: Path) -> None:
     m = retrieval_metrics(ours, inputs["txt2person"], inputs["img2person"])
     for key, value in outputs["metrics_all"].items():
         assert m[key] == pytest.approx(float(value), abs=1e-3)
+
+
+def test_rerank_computes_image_kv_only_for_candidates_and_prefix_once_per_caption():
+    """Images that never reach a top k get no cross-attention K/V; the first fusion layer's
+    self-attention runs once per caption, not once per (caption, image) pair."""
+    model = tiny_model()
+    text_tokens, mask, image_tokens = random_inputs(model, q=5, g=40)[:3]
+    sims = torch.randn(5, 40, generator=torch.Generator().manual_seed(3))
+    seen = {"kv": 0, "prefix": 0}
+    kv_fn, prefix_fn = model.precompute_image_kv, model.fusion_prefix
+
+    def count_kv(tokens, *a, **kw):
+        seen["kv"] += tokens.shape[0]
+        return kv_fn(tokens, *a, **kw)
+
+    def count_prefix(tokens, *a, **kw):
+        seen["prefix"] += tokens.shape[0]
+        return prefix_fn(tokens, *a, **kw)
+
+    model.precompute_image_kv, model.fusion_prefix = count_kv, count_prefix
+    result = rerank_logits(model, text_tokens, mask, sims, image_tokens, k=3, image_block=4)
+    assert seen["kv"] == result.topk_index.unique().numel() <= 15
+    assert seen["prefix"] == 5
+    del model.precompute_image_kv, model.fusion_prefix
+    ref = rerank_naive(model, text_tokens, mask, sims, image_tokens, k=3, layout="official")
+    fast = compose_scores(sims, result, "official")
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5)

@@ -118,18 +118,6 @@ def test_same_seed_same_metrics_and_grad_accum_runs(data, tmp_path):
     assert deterministic(a) == deterministic(b)
 
 
-def test_bench_train_step_prints_one_json_line(capsys):
-    from rasa.cli import main
-
-    args = ["bench", "train-step", "--backbone", "tiny", "--variant", "m-rtd", "--batch-size",
-            "4", "--image-size", "32", "16", "--warmup", "1", "--repeats", "2"]  # fmt: skip
-    assert main(args) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    res = json.loads(lines[-1])
-    assert res["variant"] == "m-rtd" and res["image_size"] == [32, 16]
-    assert res["seconds_per_step"] > 0 and res["peak_memory_mib"] > 0
-
-
 def _cli(args: list[str], **kw) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "rasa", "train", *args, "--no-progress", "--no-dvclive"]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)

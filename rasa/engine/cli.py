@@ -67,28 +67,104 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="candidates re-ranked (default: the run's eval.k_test; 0 = no "
                    "re-ranking, the default for variants without ITM)")  # fmt: skip
     p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "auto"),
+                   help="bf16 autocast (on a CPU too), fp32 (default), or auto (bf16 on CUDA "
+                   "only)")  # fmt: skip
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("bench", help="time a training step or an evaluation; prints one JSON line")
     bsub = p.add_subparsers(dest="bench_command", metavar="WHAT", required=True)
-    b = bsub.add_parser("train-step", help="median seconds and peak memory of one step")
-    b.add_argument("--backbone", default="tiny")
+    b = bsub.add_parser(
+        "train-step",
+        help="median seconds, FLOPs and memory of one training step",
+        description="Time full training steps (forward, backward, AdamW) of a backbone at any "
+        "size on random inputs; print one JSON line (seconds, GFLOP per step, RSS after imports, "
+        "the steps' added peak memory; CUDA: peak allocated).",
+    )
     b.add_argument("--variant", default=FULL, choices=list_variants())
     b.add_argument("--batch-size", type=positive_int, default=32)
-    b.add_argument("--image-size", type=positive_int, nargs=2, metavar=("H", "W"))
-    b.add_argument("--device", default="auto")
-    b.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    b.add_argument("--compile", action="store_true", help="torch.compile the step")
     b.add_argument("--warmup", type=non_negative_int, default=2)
     b.add_argument("--repeats", type=positive_int, default=5)
-    b.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    b.add_argument("--no-flops", action="store_true", help="skip the FLOP-counting step")
+    add_bench_arguments(b, caption_length=(15, 30))
     b.set_defaults(func=_bench_train_step)
-    b = bsub.add_parser("evaluate", help="time the two-stage evaluation on random data")
-    b.add_argument("--backbone", default="tiny")
-    b.add_argument("--gallery", type=positive_int, default=600, help="gallery images")
-    b.add_argument("--queries", type=positive_int, default=300, help="query captions")
-    b.add_argument("--k-test", type=non_negative_int, default=32)
-    b.add_argument("--device", default="auto")
+    b = bsub.add_parser(
+        "evaluate",
+        help="time the two-stage evaluation on random data",
+        description="Time the embedding stage and the batched re-ranking of --queries random "
+        "captions against --gallery random images (top --k-test re-ranked), and the "
+        "official-style per-query loop on --naive-queries of them; print one JSON line.",
+    )
+    b.add_argument("--gallery", type=positive_int, default=600, help="gallery images (default 600)")
+    b.add_argument("--queries", type=positive_int, default=300, help="query captions (default 300)")
+    b.add_argument(
+        "--k-test", type=non_negative_int, default=32, help="candidates re-ranked (default 32)"
+    )
+    b.add_argument(
+        "--batch-size", type=positive_int, default=64, help="embedding batch (default 64)"
+    )
+    b.add_argument("--pair-batch", type=positive_int, default=256, help="pairs per fusion call")
+    b.add_argument("--image-block", type=positive_int, default=256, help="images per K/V block")
+    b.add_argument("--compare", choices=("fp32", "bf16", "auto"),
+                   help="run again in this precision and report both and their agreement")  # fmt: skip
+    b.add_argument("--naive-queries", type=non_negative_int, default=None,
+                   help="queries timed with the per-query loop (default all; 0 = none)")  # fmt: skip
+    add_bench_arguments(b, caption_length=(3, 30))
     b.set_defaults(func=_bench_evaluate)
+
+
+# bench size flags -> ModelConfig fields (text/fusion layers: see rasa.engine.bench)
+SIZE_FLAGS = (
+    ("--patch-size", "patch_size"),
+    ("--vision-width", "vision_width"),
+    ("--vision-depth", "vision_depth"),
+    ("--vision-heads", "vision_heads"),
+    ("--vision-mlp", "vision_mlp_dim"),
+    ("--text-width", "text_width"),
+    ("--text-heads", "text_heads"),
+    ("--text-intermediate", "text_intermediate"),
+    ("--text-layers", "text_layers"),
+    ("--fusion-layers", "fusion_layers"),
+    ("--vocab-size", "vocab_size"),
+    ("--queue-size", "queue_size"),
+    ("--embed-dim", "embed_dim"),
+)
+
+
+def add_bench_arguments(b: argparse.ArgumentParser, caption_length: tuple[int, int]) -> None:
+    """Backbone, every model size, caption lengths, device, precision and threads."""
+    b.add_argument("--backbone", default="tiny")
+    b.add_argument("--image-size", type=positive_int, nargs=2, metavar=("H", "W"))
+    for flag, field in SIZE_FLAGS:
+        b.add_argument(flag, type=positive_int, metavar="N", dest=field)
+    b.add_argument("--caption-length", type=positive_int, nargs=2, metavar=("MIN", "MAX"),
+                   default=caption_length, help="random caption lengths in tokens "
+                   f"(default {caption_length[0]} {caption_length[1]})")  # fmt: skip
+    b.add_argument(
+        "--model-set", dest="model_sets", action="append", default=[], metavar="KEY=VALUE",
+        help="any other ModelConfig field, e.g. --model-set hidden_dropout=0 (YAML values)",
+    )  # fmt: skip
+    b.add_argument("--device", default="auto")
+    b.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "auto"),
+                   help="bf16 autocast (on a CPU too), fp32, or auto (bf16 on CUDA only)")  # fmt: skip
+    b.add_argument("--threads", type=positive_int, help="torch CPU threads")
+
+
+def bench_sizes(args: argparse.Namespace) -> dict:
+    """The size flags of a bench command as ModelConfig overrides (see add_bench_arguments)."""
+    import yaml
+
+    from rasa.errors import ConfigError
+
+    sizes = {field: getattr(args, field) for _, field in SIZE_FLAGS}
+    sizes["image_size"] = args.image_size
+    for item in args.model_sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--model-set {item!r}: expected KEY=VALUE.")
+        sizes[key.strip()] = yaml.safe_load(value)
+    return sizes
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -214,7 +290,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     evaluate_checkpoint(
         args.checkpoint, args.annotations, args.tokens, split=args.split, out=args.out,
-        topk_out=args.topk_out, k=args.k_test, device=args.device, dataset=args.dataset,
+        topk_out=args.topk_out, k=args.k_test, device=args.device, dtype=args.dtype,
+        dataset=args.dataset,
     )  # fmt: skip
     return 0
 
@@ -224,19 +301,23 @@ def _bench_train_step(args: argparse.Namespace) -> int:
 
     res = bench_train_step(
         backbone=args.backbone, variant=args.variant, batch_size=args.batch_size,
-        image_size=tuple(args.image_size) if args.image_size else None, device=args.device,
-        bf16=args.bf16, warmup=args.warmup, repeats=args.repeats, threads=args.threads,
+        sizes=bench_sizes(args), caption_length=tuple(args.caption_length),
+        device=args.device, dtype=args.dtype, compile=args.compile, warmup=args.warmup,
+        repeats=args.repeats, threads=args.threads, count_flops=not args.no_flops,
     )  # fmt: skip
     print(json.dumps(res))
     return 0
 
 
 def _bench_evaluate(args: argparse.Namespace) -> int:
-    from rasa.engine.evaluate import bench_evaluate
+    from rasa.engine.bench import bench_evaluate
 
     res = bench_evaluate(
         args.backbone, num_queries=args.queries, num_images=args.gallery, k=args.k_test,
-        device=args.device,
+        sizes=bench_sizes(args), caption_length=tuple(args.caption_length),
+        batch_size=args.batch_size, pair_batch=args.pair_batch, image_block=args.image_block,
+        device=args.device, dtype=args.dtype, compare=args.compare,
+        naive_queries=args.naive_queries, threads=args.threads,
     )  # fmt: skip
     print(json.dumps(res))
     return 0

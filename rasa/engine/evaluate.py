@@ -48,9 +48,9 @@ from rasa.engine.metrics import (
     retrieval_metrics,
     top_indices,
 )
+from rasa.engine.precision import autocast, autocast_dtype
 from rasa.engine.ranking import (
     RerankResult,
-    _autocast,
     compose_scores,
     eval_mode,
     rerank_logits,
@@ -60,7 +60,6 @@ from rasa.engine.test_scores import evaluation_key, load_scores
 from rasa.errors import ConfigError, DataError, RasaError
 from rasa.io import write_json
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 # datasets evaluated in both directions (paper Table 5: TR = image->text, IR = text->image)
 BOTH_DIRECTIONS = datasets_with_protocol("both")
 # datasets with the class-level protocol (paper Table 6: TR R@1, IR AP@50; Reed et al., 2016)
@@ -78,18 +77,34 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return pick_device(device)
 
 
-def autocast_dtype(dtype: str) -> torch.dtype | None:
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype {dtype!r}: expected one of {sorted(DTYPES)}.")
-    return DTYPES[dtype]
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
+def _embed(
+    model: nn.Module,
+    batches: Any,
+    encode: Any,
+    embed: Any,
+    amp: torch.dtype | None,
+    device: torch.device,
+    desc: str,
+    progress: bool,
+) -> tuple[Tensor, Tensor]:
+    """Tokens (CPU, bf16 under bf16 autocast) and fp32 embeddings of every batch:
+    ``encode(batch) -> tokens`` on the device, ``embed(tokens) -> features``."""
+    store = amp or torch.float32
+    tokens, feats = [], []
+    with eval_mode(model), autocast(device, amp):
+        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+            t = encode(batch)
+            feats.append(embed(t).float().cpu())
+            tokens.append(t.to(store).cpu())
+    return torch.cat(tokens), torch.cat(feats)
+
+
 def embed_images(
     model: nn.Module,
     loader: Any,
@@ -97,19 +112,16 @@ def embed_images(
     amp: torch.dtype | None = None,
     progress: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Image tokens [G, 1+M, Dv] (CPU, bf16 under bf16 autocast) and embeddings [G, E] (fp32)."""
-    store = amp or torch.float32
-    tokens, feats = [], []
-    with eval_mode(model), _autocast(device, amp):
-        for batch in tqdm(loader, desc="embed images", unit="batch", disable=not progress):
-            images = batch["image"] if isinstance(batch, dict) else batch
-            t = model.encode_image(images.to(device, non_blocking=True))
-            feats.append(model.image_embed(t).float().cpu())
-            tokens.append(t.to(store).cpu())
-    return torch.cat(tokens), torch.cat(feats)
+    """Image tokens [G, 1+M, Dv] (CPU, bf16 under bf16 autocast) and embeddings [G, E] (fp32)
+    of the batches of ``loader`` (dicts with key ``image``, or image tensors)."""
+
+    def encode(batch: Any) -> Tensor:
+        images = batch["image"] if isinstance(batch, dict) else batch
+        return model.encode_image(images.to(device, non_blocking=True))
+
+    return _embed(model, loader, encode, model.image_embed, amp, device, "embed images", progress)
 
 
-@torch.no_grad()
 def embed_texts(
     model: nn.Module,
     ids: Tensor,
@@ -120,17 +132,13 @@ def embed_texts(
     progress: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Text-encoder tokens [Q, L, D] (CPU) and embeddings [Q, E] (fp32) of caption ids/masks."""
-    store = amp or torch.float32
-    tokens, feats = [], []
-    with eval_mode(model), _autocast(device, amp):
-        starts = range(0, ids.shape[0], batch_size)
-        for s in tqdm(starts, desc="embed captions", unit="batch", disable=not progress):
-            t = model.encode_text(
-                ids[s : s + batch_size].to(device), mask[s : s + batch_size].to(device)
-            )
-            feats.append(model.text_embed(t).float().cpu())
-            tokens.append(t.to(store).cpu())
-    return torch.cat(tokens), torch.cat(feats)
+
+    def encode(s: int) -> Tensor:
+        rows = slice(s, s + batch_size)
+        return model.encode_text(ids[rows].to(device), mask[rows].to(device))
+
+    starts = range(0, ids.shape[0], batch_size)
+    return _embed(model, starts, encode, model.text_embed, amp, device, "embed captions", progress)
 
 
 def similarity(text_feats: Tensor, image_feats: Tensor, device: torch.device) -> Tensor:
@@ -208,7 +216,7 @@ def evaluate_model(
     ``metrics["class_level"]``); default: on for CUB/Flowers.
     """
     dev = resolve_device(device)
-    amp = autocast_dtype(dtype)
+    amp = autocast_dtype(dtype, dev)
     annotations = Annotations.load(annotations_path) if annotations is None else annotations
     cache = cache if isinstance(cache, TokenCache) else load_cache(cache)
     _check_tokens(model, cache, annotations_path)
@@ -504,94 +512,3 @@ def evaluate_checkpoint(
     if topk_out is not None:
         write_json(topk_out, topk, indent=1)
     return metrics
-
-
-@torch.no_grad()
-def bench_evaluate(
-    model: str | nn.Module = "tiny",
-    num_queries: int = 600,
-    num_images: int = 300,
-    k: int = 32,
-    *,
-    text_len: int = 30,
-    batch_size: int = 64,
-    pair_batch: int = 256,
-    image_block: int = 256,
-    device: str | torch.device | None = None,
-    dtype: str = "fp32",
-    naive_queries: int | None = None,
-    share_min: int | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Time evaluation on random data: embedding, batched re-ranking, and the official-style
-    per-query loop on ``naive_queries`` queries (default all; 0 skips it) for comparison.
-
-    Returns a JSON-able dict of sizes, seconds, ms per query, the speed-up over the loop and the
-    largest score difference between the two (they compute the same function).
-    """
-    from rasa.engine.ranking import rerank_naive
-
-    dev = resolve_device(device)
-    amp = autocast_dtype(dtype)
-    if isinstance(model, str):
-        from rasa.models import create_model
-
-        torch.manual_seed(seed)
-        model = create_model(model)
-    model.to(dev).eval()
-    cfg = model.config
-    gen = torch.Generator().manual_seed(seed)
-    h, w = cfg.image_size
-    images = [
-        torch.randn(min(batch_size, num_images - s), 3, h, w, generator=gen)
-        for s in range(0, num_images, batch_size)
-    ]
-    lengths = torch.randint(3, text_len + 1, (num_queries,), generator=gen)
-    mask = (torch.arange(text_len)[None] < lengths[:, None]).long()
-    ids = torch.randint(5, cfg.vocab_size, (num_queries, text_len), generator=gen) * mask
-
-    _sync(dev)
-    t0 = time.perf_counter()
-    image_tokens, image_feats = embed_images(model, images, dev, amp, progress=False)
-    t1 = time.perf_counter()
-    text_tokens, text_feats = embed_texts(model, ids, mask, batch_size, dev, amp, progress=False)
-    sims = similarity(text_feats, image_feats, dev)
-    _sync(dev)
-    t2 = time.perf_counter()
-    result = rerank_logits(
-        model, text_tokens, mask, sims, image_tokens, k,
-        pair_batch=pair_batch, image_block=image_block, share_min=share_min, autocast_dtype=amp,
-    )  # fmt: skip
-    fast = compose_scores(sims, result, "official")
-    _sync(dev)
-    t3 = time.perf_counter()
-    report: dict[str, Any] = {
-        "model": cfg.name,
-        "device": str(dev),
-        "dtype": dtype,
-        "threads": torch.get_num_threads(),
-        "num_queries": num_queries,
-        "num_images": num_images,
-        "k": min(k, num_images),
-        "pair_batch": pair_batch,
-        "image_block": image_block,
-        "share_min": share_min or 0,
-        "embed_images_s": t1 - t0,
-        "embed_texts_s": t2 - t1,
-        "embed_s": t2 - t0,
-        "rerank_s": t3 - t2,
-        "rerank_ms_per_query": 1000 * (t3 - t2) / num_queries,
-    }
-    n = num_queries if naive_queries is None else min(naive_queries, num_queries)
-    if n > 0:
-        tt = text_tokens[:n].float() if amp is None else text_tokens[:n]
-        with _autocast(dev, amp):
-            t4 = time.perf_counter()
-            slow = rerank_naive(model, tt, mask[:n], sims[:n], image_tokens, k, layout="official")
-            _sync(dev)
-            t5 = time.perf_counter()
-        report["naive_queries"] = n
-        report["naive_ms_per_query"] = 1000 * (t5 - t4) / n
-        report["speedup"] = report["naive_ms_per_query"] / max(1e-9, report["rerank_ms_per_query"])
-        report["max_abs_diff"] = float((slow - fast[:n]).abs().max())
-    return report

@@ -15,7 +15,9 @@ What this does differently from the official loop (same function, far less work)
   (``model.precompute_image_kv``), one block of ``image_block`` images at a time, and gathered
   for the pairs of that block (the official code recomputes them for every pair);
 - captions are trimmed to the longest one in each chunk (padding only costs time);
-- optional autocast (``autocast_dtype=torch.bfloat16``) on CUDA.
+- only what the ITM head reads: K/V only for images in some top k, the first fusion layer's
+  self-attention once per caption (it does not see the image), the last layer for [CLS] only;
+- optional autocast (``autocast_dtype=torch.bfloat16``), on CUDA or a CPU.
 
 The same pair scorer (:func:`score_pairs`) serves image→text re-ranking (``direction="i2t"``:
 each image's top k captions, Flickr30K/COCO "TR" in Table 5).
@@ -47,7 +49,7 @@ Score layouts (:func:`compose_scores`):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +58,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rasa.engine.metrics import top_indices
+from rasa.engine.precision import autocast
 from rasa.errors import ConfigError, RasaError
 
 LAYOUTS = ("ours", "official")
@@ -91,12 +94,6 @@ def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Run ``model`` in eval mode (dropout off) and restore its previous mode afterwards."""
@@ -110,39 +107,56 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 def _block_chunks(
     idx: Tensor,
-    pair_img: Tensor,
+    pair_loc: Tensor,
     pair_txt: Tensor,
     lengths: Tensor,
     counts: Tensor,
-    g0: int,
     pair_batch: int,
     share_min: int,
 ) -> Iterator[tuple[Tensor, int | None]]:
     """Split the pairs ``idx`` of one image block into chunks of at most ``pair_batch``.
 
+    ``pair_loc`` [P] is each pair's image within the block (``counts`` its number of pairs).
     Yields ``(pair indices, shared)``: ``shared`` is the block-local image of a chunk whose
     pairs all have that image (images in at least ``share_min`` pairs: their K/V is broadcast,
     not copied), or None for a mixed chunk (K/V gathered per pair). Inside each group pairs are
     sorted by caption length, so a chunk carries little padding.
     """
-    imgs = pair_img[idx]
+    imgs = pair_loc[idx]
     lens = lengths[pair_txt[idx]]
     span = int(lengths.max()) + 1
-    shared = (
-        counts[imgs] >= share_min if share_min > 0 else torch.zeros_like(imgs, dtype=torch.bool)
-    )
+    shared = counts[idx] >= share_min if share_min > 0 else torch.zeros_like(imgs, dtype=torch.bool)
     if bool(shared.any()):
         sidx = idx[shared][torch.argsort(imgs[shared] * span + lens[shared], stable=True)]
-        images, sizes = torch.unique_consecutive(pair_img[sidx], return_counts=True)
+        images, sizes = torch.unique_consecutive(pair_loc[sidx], return_counts=True)
         start = 0
         for img, size in zip(images.tolist(), sizes.tolist(), strict=True):
             for s in range(start, start + size, pair_batch):
-                yield sidx[s : min(s + pair_batch, start + size)], img - g0
+                yield sidx[s : min(s + pair_batch, start + size)], img
             start += size
     rest = idx[~shared]
     rest = rest[torch.argsort(lens[~shared], stable=True)]
     for s in range(0, rest.shape[0], pair_batch):
         yield rest[s : s + pair_batch], None
+
+
+def _text_prefix(
+    model: nn.Module,
+    text_tokens: Tensor,
+    text_mask: Tensor,
+    rows: Tensor,
+    batch: int,
+    cast: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """``model.fusion_prefix`` of caption rows ``rows`` (first fusion layer's self-attention,
+    which does not depend on the image), in batches; stored like ``text_tokens``."""
+    out = []
+    for s in range(0, rows.shape[0], batch):
+        r = rows[s : s + batch]
+        tt = cast(text_tokens[r.to(text_tokens.device)])
+        mask = text_mask[r.to(text_mask.device)].to(tt.device)
+        out.append(model.fusion_prefix(tt, mask).to(text_tokens.device, text_tokens.dtype))
+    return torch.cat(out) if out else text_tokens[:0]
 
 
 @torch.no_grad()
@@ -162,7 +176,12 @@ def score_pairs(
     progress: bool = False,
 ) -> Tensor:
     """ITM logits [P, 2] (float32, CPU) of the pairs (caption ``pair_txt[p]``, image
-    ``pair_img[p]``), batched; the image K/V are computed once per image, block by block.
+    ``pair_img[p]``), batched.
+
+    Only what the ITM head reads is computed: the image K/V once per image that appears in a
+    pair (never for the rest of the gallery), block by block; the first fusion layer's
+    self-attention once per caption (it does not depend on the image); the last fusion layer
+    for the [CLS] query only.
 
     ``text_tokens`` [T, L, D] / ``text_mask`` [T, L]: the text encoder's output (any device;
     rows are gathered per chunk and moved to the model's device). ``image_tokens`` [G, 1+M, Dv]
@@ -182,53 +201,61 @@ def score_pairs(
     share_min = 0 if share_min is None else share_min
     device = _device_of(model)
     param_dtype = next(model.parameters()).dtype
+
+    def cast(x: Tensor) -> Tensor:  # on the model's device; fp32 unless autocast decides
+        return x.to(device) if autocast_dtype is not None else x.to(device, param_dtype)
+
     pair_txt, pair_img = pair_txt.long().cpu(), pair_img.long().cpu()
     num_pairs = pair_txt.shape[0]
     logits = torch.empty(num_pairs, 2, dtype=torch.float32)
     if num_pairs == 0:
         return logits
     lengths = text_mask.sum(1).long().cpu()
-    g = int(pair_img.max()) + 1
-    counts = torch.bincount(pair_img, minlength=g)
-    block_of = torch.div(pair_img, image_block, rounding_mode="floor")
+    # the images and captions that appear in a pair, and each pair's rank among them
+    images, pair_pos = torch.unique(pair_img, return_inverse=True)
+    texts, pair_row = torch.unique(pair_txt, return_inverse=True)
+    counts = torch.bincount(pair_pos, minlength=images.shape[0])[pair_pos]  # pairs per image
+    block_of = torch.div(pair_pos, image_block, rounding_mode="floor")
     order = torch.argsort(block_of, stable=True)
-    bounds = torch.searchsorted(block_of[order], torch.arange(0, g // image_block + 2))
-    text_dev = text_tokens.device
+    n_blocks = (images.shape[0] + image_block - 1) // image_block
+    bounds = torch.searchsorted(block_of[order], torch.arange(0, n_blocks + 1))
     bar = tqdm(
         total=num_pairs, desc="re-rank pairs", unit="pair", disable=not progress, leave=False
     )
-    with eval_mode(model), _autocast(device, autocast_dtype):
-        for b, g0 in enumerate(range(0, g, image_block)):
+    with eval_mode(model), autocast(device, autocast_dtype):
+        prefix = _text_prefix(model, text_tokens, text_mask, texts, pair_batch, cast)
+        for b in range(n_blocks):
             lo, hi = int(bounds[b]), int(bounds[b + 1])
-            if lo == hi:
-                continue  # no pair has an image of this block
-            g1 = min(g0 + image_block, g)
+            i0, i1 = b * image_block, min((b + 1) * image_block, images.shape[0])
+            block_images = images[i0:i1]
             if image_kv is not None:
-                kv_block = _slice_rows(image_kv, g0, g1)
+                kv_block = _take_rows(image_kv, block_images.to(_kv_device(image_kv)))
             else:
-                block = image_tokens[g0:g1].to(device)
-                if autocast_dtype is None:
-                    block = block.to(param_dtype)
-                kv_block = model.precompute_image_kv(block)
+                rows = block_images.to(image_tokens.device)
+                kv_block = model.precompute_image_kv(cast(image_tokens[rows]))
             chunks = _block_chunks(
-                order[lo:hi], pair_img, pair_txt, lengths, counts, g0, pair_batch, share_min
-            )
+                order[lo:hi], pair_pos - i0, pair_row, lengths[texts], counts, pair_batch,
+                share_min,
+            )  # fmt: skip
             for chunk, shared in chunks:
-                rows = pair_txt[chunk].to(text_dev)
-                mask = text_mask[rows]
+                mask = text_mask[pair_txt[chunk].to(text_mask.device)]
                 length = int(mask.sum(1).max())  # trim padding to the longest caption
-                tt = text_tokens[rows, :length].to(device)
-                if autocast_dtype is None:
-                    tt = tt.to(param_dtype)
+                tt = cast(prefix[pair_row[chunk].to(prefix.device), :length])
                 if shared is None:
-                    kv = _take_rows(kv_block, (pair_img[chunk] - g0).to(device))
+                    kv = _take_rows(kv_block, (pair_pos[chunk] - i0).to(device))
                 else:  # one image for the whole chunk: a batch of 1 broadcasts in fuse
                     kv = _slice_rows(kv_block, shared, shared + 1)
-                fused = model.fuse(tt, mask[:, :length].to(device), image_kv=kv)
+                fused = model.fuse(
+                    tt, mask[:, :length].to(device), image_kv=kv, cls_only=True, from_prefix=True
+                )
                 logits[chunk] = model.itm_logits(fused).float().cpu()
                 bar.update(chunk.shape[0])
     bar.close()
     return logits
+
+
+def _kv_device(tree: Any) -> torch.device:
+    return tree.device if isinstance(tree, Tensor) else _kv_device(tree[0])
 
 
 @torch.no_grad()
@@ -284,11 +311,15 @@ def rerank_logits(
     return RerankResult(topk_index, logits.view(n, k, 2))
 
 
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown score layout {layout!r}; expected one of {list(LAYOUTS)}.")
+
+
 def compose_scores(sims: Tensor, result: RerankResult, layout: str = "ours") -> Tensor:
     """The final score matrix (float32, CPU) from the first-stage ``sims`` [queries,
     candidates] and the re-ranking (pass ``sims.t()`` for image-to-text)."""
-    if layout not in LAYOUTS:
-        raise ConfigError(f"unknown score layout {layout!r}; expected one of {list(LAYOUTS)}.")
+    _check_layout(layout)
     logits = result.itm_logits
     if layout == "official":
         scores = torch.full(sims.shape, OFFICIAL_FILL, dtype=torch.float32)
@@ -320,10 +351,10 @@ def rerank_topk(
 ) -> Tensor:
     """Two-stage score matrix: top ``k`` by ``sims`` [T, G] re-scored by ITM (module doc).
 
-    [T, G] for ``direction="t2i"``, [G, T] (images as queries) for ``"i2t"``.
+    [T, G] for ``direction="t2i"``, [G, T] (images as queries) for ``"i2t"``; arguments
+    as :func:`rerank_logits` (which checks them) and :func:`compose_scores`.
     """
-    if layout not in LAYOUTS:
-        raise ConfigError(f"unknown score layout {layout!r}; expected one of {list(LAYOUTS)}.")
+    _check_layout(layout)  # before the expensive part
     result = rerank_logits(
         model, text_tokens, text_mask, sims, image_tokens, k, direction=direction,
         image_kv=image_kv, pair_batch=pair_batch, image_block=image_block, share_min=share_min,

@@ -310,12 +310,13 @@ def evaluate_split(model, ann, cfg: Any, cache, split: str, scores: dict | None 
     ``topk`` document and the evaluation ``settings`` (rasa.engine.test_scores).
     """
     from rasa.engine.evaluate import evaluate_model, rerank_k
+    from rasa.engine.precision import precision_of
 
     inner = unwrap(model)
     was_training = inner.training
     inner.eval()
     dev = next(inner.parameters()).device
-    dtype = "bf16" if cfg.train.bf16 and dev.type == "cuda" else "fp32"
+    dtype = precision_of(cfg.train.bf16)  # evaluated in the precision it trains in
     settings = dict(k=rerank_k(cfg.variant, cfg.eval.k_test), batch_size=cfg.eval.batch_size,
                     dtype=dtype, resize=cfg.train.resize, device=dev)  # fmt: skip
     with torch.no_grad():

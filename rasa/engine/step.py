@@ -16,7 +16,9 @@ Paper §3.2 (eq. 11: L = L_itm + λ1 L_prd + L_mlm + λ2 L_rtd + λ3 L_cl), in t
 
 Where the official code wastes work this step does not: image cross-attention keys/values are
 computed once per image and gathered for every pair; vocabulary logits exist only at the
-positions that need them; the momentum text stack runs once for both the MLM soft labels and
+positions that need them; per-token work runs on real tokens only, never on padding (not
+under the official semantics, whose MLM term reads padded positions); the last fusion layer of
+the ITM/PRD pass runs for the [CLS] query only (the heads read nothing else); the momentum text stack runs once for both the MLM soft labels and
 the m-RTD generator (the official runs it twice); a variant computes only what it uses (``cl``
 never runs the fusion encoder, no MLM forward without MLM, no generator without RTD).
 The model's ``config.official_semantics`` (the one switch; :class:`rasa.models.ModelConfig`)
@@ -107,9 +109,12 @@ def compute_losses(
     bsz = image1.shape[0]
     losses: dict[str, Tensor] = {}
 
+    # real tokens only (not under the official semantics: its MLM term reads padded positions)
+    pack = not model.config.official_semantics
+
     # 1. online unimodal encoders
     image_tokens = model.encode_image(image1)
-    text_tokens = model.encode_text(text2_ids, text2_mask)
+    text_tokens = model.encode_text(text2_ids, text2_mask, pack=pack)
     image_feat = model.image_embed(image_tokens)
     text_feat = model.text_embed(text_tokens)
     temp = model.temperature(cfg.temp_range)  # unclamped under official semantics
@@ -124,7 +129,7 @@ def compute_losses(
         if variant.cl:
             image_feat_m = model.image_embed(image_tokens_m, momentum=True)
             text_feat_m = model.text_embed(
-                model.encode_text(text2_ids, text2_mask, momentum=True), momentum=True
+                model.encode_text(text2_ids, text2_mask, momentum=True, pack=pack), momentum=True
             )
 
     # 3. CL
@@ -198,10 +203,18 @@ def _relation_aware(
         image_index += [neg.image_idx[neg.image_valid], i_rows]
         n_neg_img, n_neg_txt = t_rows.numel(), i_rows.numel()
     t_idx, i_idx = torch.cat(text_index), torch.cat(image_index)
-    fused = model.fuse(
-        text_tokens.index_select(0, t_idx),
+    official = model.config.official_semantics
+    # The first fusion layer's self-attention sees the caption alone: computed once per
+    # caption, not once per pair (its dropout masks are then shared by a caption's pairs; the
+    # official code draws them per pair, which official_semantics keeps).
+    prefix = text_tokens if official else model.fusion_prefix(text_tokens, text_mask, pack=True)
+    fused = model.fuse(  # [P, 1, D]: the heads read the [CLS] output only
+        prefix.index_select(0, t_idx),
         text_mask.index_select(0, t_idx),
         image_kv=gather_image_kv(image_kv, i_idx),
+        pack=not official,
+        cls_only=True,
+        from_prefix=not official,
     )
     out: dict[str, Tensor] = {}
     replace = batch["replace"].view(-1)
@@ -277,7 +290,10 @@ def _sensitivity_aware(
     stacked = torch.cat(online_ids, dim=0)
     stacked_mask = mask.repeat(n, 1)
     kv = gather_image_kv(image_kv, torch.arange(bsz, device=ids.device).repeat(n))
-    hidden = model.fuse(model.encode_text(stacked, stacked_mask), stacked_mask, image_kv=kv)
+    pack = not official  # the official MLM term reads the padded positions
+    hidden = model.fuse(
+        model.encode_text(stacked, stacked_mask, pack=pack), stacked_mask, image_kv=kv, pack=pack
+    )
 
     if variant.mlm:
         h = hidden[:bsz]
@@ -323,11 +339,13 @@ def _stack_logits(
         kv = model.precompute_image_kv(image, momentum=momentum)
     else:
         kv = image
+    pack = not model.config.official_semantics
     hidden = model.fuse(
-        model.encode_text(ids, masks, momentum=momentum),
+        model.encode_text(ids, masks, momentum=momentum, pack=pack),
         masks,
         momentum=momentum,
         image_kv=gather_image_kv(kv, index),
+        pack=pack,
     )
     positions = torch.cat(
         [pos + torch.tensor([k * bsz, 0], device=pos.device) for k, (_, pos) in enumerate(inputs)]

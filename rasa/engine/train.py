@@ -4,7 +4,8 @@ Run it as ``rasa train --experiment NAME --out DIR`` (one process) or
 ``torchrun --nproc_per_node 4 -m rasa train ...`` (DDP: NCCL on GPU, gloo on CPU).
 
 Each optimizer step, in order: lr for this step (linear warm-up, then cosine) -> for each of
-``grad_accum`` micro-batches: forward under bf16 autocast (CUDA only) and the variant's losses
+``grad_accum`` micro-batches: forward under bf16 autocast (``train.bf16``: true = on CUDA,
+``always`` = on a CPU too; :mod:`rasa.engine.precision`) and the variant's losses
 (:func:`rasa.engine.step.compute_losses`, which also does the EMA update of the momentum
 model and the queue update, in the official order) -> backward -> clip (optional) -> AdamW
 step -> log -> periodic checkpoint; at epoch ends: evaluation on the validation split, model
@@ -41,6 +42,7 @@ from rasa.config import ExperimentConfig
 from rasa.engine import distributed as D
 from rasa.engine.checkpoint import unwrap
 from rasa.engine.loop import EX_TEMPFAIL, Preempted, PreemptionSignals, TrainingRun
+from rasa.engine.precision import autocast, autocast_dtype
 from rasa.engine.runtime import (
     Schedule,
     alpha_at,
@@ -172,11 +174,7 @@ def train(
         step_module = ddp(step_module, find_unused_parameters=True, **no_sync)
     if tc.compile:
         step_module = torch.compile(step_module)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if tc.bf16 and dev.type == "cuda"
-        else nullcontext()
-    )
+    amp = autocast_dtype(tc.bf16, dev)  # train.bf16: true = on CUDA, always = on a CPU too
 
     def logged() -> dict[str, float]:  # curves beside the losses, on logged steps only
         temp = unwrap(model).temperature(loss_cfg.temp_range)
@@ -214,7 +212,7 @@ def train(
                     if dist.enabled and j < tc.grad_accum - 1:
                         sync = step_module.no_sync()
                     with sync:
-                        with autocast:
+                        with autocast(dev, amp):
                             losses = step_module(batch, alpha, generator)
                         (losses["loss"] / tc.grad_accum).backward()
                     for k, v in losses.items():

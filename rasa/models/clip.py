@@ -130,8 +130,11 @@ class CLIPTextEncoder(FusionEncoderMixin, nn.Module):
     def fusion_layers(self) -> list[BertLayer]:
         return list(self.fusion)
 
-    def forward_text(self, ids: Tensor, mask: Tensor | None) -> Tensor:
-        """[B, L] -> [B, L, D]; position 0 holds the end-of-text (sentence) feature."""
+    def forward_text(self, ids: Tensor, mask: Tensor | None, pack: bool = False) -> Tensor:
+        """[B, L] -> [B, L, D]; position 0 holds the end-of-text (sentence) feature.
+
+        ``pack`` is accepted for the interface's sake: the causal CLIP tower runs padded (its
+        causal mask already keeps padding out of every real token)."""
         x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]
         x = self.ln_final(self.transformer(x, causal=True))
         if mask is None:

@@ -24,7 +24,6 @@ from torch import Tensor, nn
 
 from rasa.models.bert import ImageKV, MLMHead, TextEncoder, init_bert_weights
 from rasa.models.config import ModelConfig
-from rasa.models.vit import build_vit
 
 TEMP_MIN, TEMP_MAX = 0.001, 0.5
 
@@ -91,10 +90,13 @@ class RaSaModel(nn.Module):
         vit = self.visual_encoder_m if momentum else self.visual_encoder
         return vit.forward_features(images)
 
-    def encode_text(self, ids: Tensor, mask: Tensor | None, momentum: bool = False) -> Tensor:
-        """[B, L] ids + padding mask -> [B, L, Dt] (text layers only)."""
+    def encode_text(
+        self, ids: Tensor, mask: Tensor | None, momentum: bool = False, pack: bool = False
+    ) -> Tensor:
+        """[B, L] ids + padding mask -> [B, L, Dt] (text layers only; ``pack``: real tokens
+        only, zeros at padding, :mod:`rasa.models.bert`)."""
         enc = self.text_encoder_m if momentum else self.text_encoder
-        return enc.forward_text(ids, mask)
+        return enc.forward_text(ids, mask, pack=pack)
 
     def image_embed(self, image_tokens: Tensor, momentum: bool = False) -> Tensor:
         """Normalised projection of the image CLS token: [B, 1 + M, Dv] -> [B, E]."""
@@ -113,14 +115,37 @@ class RaSaModel(nn.Module):
         image_tokens: Tensor | None = None,
         momentum: bool = False,
         image_kv: ImageKV | None = None,
+        *,
+        pack: bool = False,
+        cls_only: bool = False,
+        from_prefix: bool = False,
     ) -> Tensor:
         """Cross-modal encoder: [B, L, Dt] text attending [B, 1 + M, Dv] image -> [B, L, Dt].
 
         ``image_kv`` (from :meth:`precompute_image_kv`, rows gathered per pair with
         :func:`gather_image_kv`) replaces ``image_tokens``; a batch of 1 broadcasts.
+        ``cls_only``: the last layer for the [CLS] query only -> [B, 1, Dt], all that the ITM
+        and PRD heads read; ``pack``: real tokens only (:mod:`rasa.models.bert`);
+        ``from_prefix``: ``text_tokens`` is :meth:`fusion_prefix` of the text tokens.
         """
         enc = self.text_encoder_m if momentum else self.text_encoder
-        return enc.forward_fusion(text_tokens, text_mask, image_tokens, image_kv)
+        return enc.forward_fusion(
+            text_tokens, text_mask, image_tokens, image_kv,
+            pack=pack, cls_only=cls_only, from_prefix=from_prefix,
+        )  # fmt: skip
+
+    def fusion_prefix(
+        self,
+        text_tokens: Tensor,
+        text_mask: Tensor | None,
+        momentum: bool = False,
+        pack: bool = False,
+    ) -> Tensor:
+        """The first fusion layer's self-attention output for text tokens [B, L, Dt]: it
+        depends on the caption alone, so re-ranking computes it once per caption, not per
+        (caption, image) pair; pass it to :meth:`fuse` with ``from_prefix=True``."""
+        enc = self.text_encoder_m if momentum else self.text_encoder
+        return enc.fusion_prefix(text_tokens, text_mask, pack=pack)
 
     def precompute_image_kv(self, image_tokens: Tensor, momentum: bool = False) -> ImageKV:
         """Per fusion layer (K, V), each [N, heads, 1 + M, head_dim], for image tokens [N, 1 + M, Dv]."""
@@ -128,11 +153,16 @@ class RaSaModel(nn.Module):
         return enc.precompute_kv(image_tokens)
 
     def text_image(
-        self, ids: Tensor, mask: Tensor | None, image_tokens: Tensor, momentum: bool = False
+        self,
+        ids: Tensor,
+        mask: Tensor | None,
+        image_tokens: Tensor,
+        momentum: bool = False,
+        pack: bool = False,
     ) -> Tensor:
         """Whole text stack (text layers, then fusion layers) on ``ids``: [B, L, Dt]."""
-        text = self.encode_text(ids, mask, momentum)
-        return self.fuse(text, mask, image_tokens, momentum)
+        text = self.encode_text(ids, mask, momentum, pack=pack)
+        return self.fuse(text, mask, image_tokens, momentum, pack=pack)
 
     # ------------------------------------------------------------------ heads
     def itm_logits(self, fused: Tensor) -> Tensor:
@@ -246,6 +276,8 @@ def build_image_encoder(cfg: ModelConfig) -> nn.Module:
         from rasa.models.clip import CLIPVisionTower
 
         return CLIPVisionTower(cfg)
+    from rasa.models.vit import build_vit  # imports timm
+
     return build_vit(cfg)
 
 
