@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from rasa.engine.bench import SPECIALS, random_batch, random_captions
+from rasa.engine.build import make_loss_config
 from rasa.engine.evaluate import embed_images, embed_texts, similarity
 from rasa.engine.metrics import retrieval_metrics
 from rasa.engine.precision import autocast, autocast_dtype, precision_of
 from rasa.engine.ranking import compose_scores, rerank_logits
-from rasa.engine.runtime import make_loss_config
 from rasa.engine.step import compute_losses
 from rasa.errors import ConfigError
 from rasa.models import create_model
