@@ -26,13 +26,7 @@ SMALL = dict(image_size=(32, 16), patch_size=8, vision_width=64, vision_depth=2,
 NO_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0)
 CPU = torch.device("cpu")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loss_cfg():
