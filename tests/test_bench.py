@@ -18,13 +18,7 @@ SIZES = ["--image-size", "32", "16", "--patch-size", "8", "--vision-width", "32"
          "--fusion-layers", "2", "--vocab-size", "60", "--queue-size", "16", "--embed-dim", "16",
          "--threads", "1"]  # fmt: skip
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _json_line(capsys) -> dict:

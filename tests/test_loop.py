@@ -16,8 +16,9 @@ from conftest import micro_config
 from rasa.data.annotations import Annotations, Record
 from rasa.engine import loop
 from rasa.engine.checkpoint import BEST, LAST
+from rasa.engine.data_splits import carve_validation
 from rasa.engine.loop import PreemptionSignals, TrainingRun
-from rasa.engine.runtime import Schedule, carve_validation, make_optimizer, param_groups
+from rasa.engine.optim import Schedule, make_optimizer, param_groups
 from rasa.engine.test_scores import SCORES, evaluation_key, file_sha256, load_scores
 from rasa.models import create_model
 

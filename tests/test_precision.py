@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from rasa.engine.bench import SPECIALS, random_batch, random_captions
+from rasa.engine.build import make_loss_config
 from rasa.engine.evaluate import embed_images, embed_texts, similarity
 from rasa.engine.metrics import retrieval_metrics
 from rasa.engine.precision import autocast, autocast_dtype, precision_of
 from rasa.engine.ranking import compose_scores, rerank_logits
-from rasa.engine.runtime import make_loss_config
 from rasa.engine.step import compute_losses
 from rasa.errors import ConfigError
 from rasa.models import create_model
@@ -26,13 +26,7 @@ SMALL = dict(image_size=(32, 16), patch_size=8, vision_width=64, vision_depth=2,
 NO_DROPOUT = dict(hidden_dropout=0.0, attention_dropout=0.0)
 CPU = torch.device("cpu")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loss_cfg():

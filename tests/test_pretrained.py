@@ -16,8 +16,9 @@ import torch
 import yaml
 
 from rasa.config import load_params, resolve_experiment
+from rasa.engine.build import build_model
 from rasa.engine.checkpoint import save_model_checkpoint
-from rasa.engine.runtime import build_model, param_groups
+from rasa.engine.optim import param_groups
 from rasa.errors import ConfigError
 from rasa.models import RaSaModel, create_model
 from rasa.models.loaders import load_albef

@@ -19,9 +19,9 @@ from rasa.data.tokenizer import (
     tokenizer_record,
     tokenizer_sha256,
 )
+from rasa.engine.build import build_model
 from rasa.engine.checkpoint import checkpoint_tokenizer, save_model_checkpoint
 from rasa.engine.evaluate import evaluate_checkpoint
-from rasa.engine.runtime import build_model
 from rasa.errors import ConfigError
 
 WORDS = "a man woman in red blue green shirt pants bag hat black white shoes with long".split()

@@ -219,7 +219,9 @@ def bench_train_step(
     ``torch.utils.flop_counter`` gives the step's floating-point operations, a figure that
     does not depend on how busy the machine is.
     """
-    from rasa.engine.runtime import make_loss_config, param_groups, pick_device
+    from rasa.engine.build import make_loss_config
+    from rasa.engine.device import pick_device
+    from rasa.engine.optim import param_groups
     from rasa.engine.train import StepModule
     from rasa.models import create_model
     from rasa.variants import get_variant

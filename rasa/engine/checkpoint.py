@@ -12,7 +12,7 @@ hold).
 
 Every checkpoint we write also holds ``"tokenizer"``: the record of the tokenizer the model's
 embeddings were trained with (:func:`rasa.data.tokenizer.tokenizer_record`; by default the
-model's ``tokenizer_record``, set by :func:`rasa.engine.runtime.build_model` from the token
+model's ``tokenizer_record``, set by :func:`rasa.engine.build.build_model` from the token
 cache). :func:`checkpoint_tokenizer` reads it back.
 
 Checkpoints travel (DVC remotes, shared cluster folders, downloads), so they are read with

@@ -269,7 +269,7 @@ def _generator(args: argparse.Namespace) -> int:
     from rasa.config import generator_path
     from rasa.data.annotations import Annotations
     from rasa.data.token_cache import load_cache
-    from rasa.engine.runtime import pick_device
+    from rasa.engine.device import pick_device
     from rasa.errors import ConfigError
     from rasa.models.generator import ensure_generator
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rasa.engine.runtime import flat_metrics
+from rasa.engine.metrics import flat_metrics
 
 
 class CurveLogger:

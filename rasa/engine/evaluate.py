@@ -21,6 +21,9 @@ Outputs (atomic writes): the metrics JSON (INTERFACES "Metrics": the final metri
 ``first_stage`` ones and ``meta``) and ``topk.json`` (each caption's top 10 images with their
 record indices, paths and person ids, for the Fig. 5 retrieval grids).
 
+The training loops evaluate through :func:`evaluate_split` (the run's re-ranking depth, batch
+size, precision and resize; the model's train/eval mode restored).
+
 Image tokens and text tokens are kept on the CPU (in bf16 when ``dtype="bf16"``) and moved to
 the device one block at a time, so the gallery size is bounded by host memory, not by the GPU.
 """
@@ -41,6 +44,8 @@ from rasa.data.annotations import Annotations
 from rasa.data.dataset import ImageDataset, split_captions
 from rasa.data.formats import datasets_with_protocol
 from rasa.data.token_cache import TokenCache, load_cache
+from rasa.engine.checkpoint import unwrap
+from rasa.engine.device import pick_device
 from rasa.engine.metrics import (
     METRIC_KEYS,
     class_average,
@@ -48,7 +53,7 @@ from rasa.engine.metrics import (
     retrieval_metrics,
     top_indices,
 )
-from rasa.engine.precision import autocast, autocast_dtype
+from rasa.engine.precision import autocast, autocast_dtype, precision_of
 from rasa.engine.ranking import (
     RerankResult,
     compose_scores,
@@ -72,8 +77,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/``"auto"``: CUDA when available, else the CPU (checked as ``rasa train``'s)."""
     if isinstance(device, torch.device):
         return device
-    from rasa.engine.runtime import pick_device
-
     return pick_device(device)
 
 
@@ -358,6 +361,32 @@ def run_k_test(config: dict[str, Any]) -> int:
 def run_resize(config: dict[str, Any]) -> str:
     """The resize mode a run trained with ("stretch" for official checkpoints, else "pad")."""
     return config.get("resize") or (config.get("train") or {}).get("resize") or "pad"
+
+
+def evaluate_split(model, ann, cfg: Any, cache, split: str, scores: dict | None = None):
+    """Two-stage retrieval metrics of ``model`` on ``split`` (:func:`evaluate_model`) under a
+    run's config (re-ranking depth, batch size, precision, resize), as the training loops take
+    them for validation and test.
+
+    Evaluation timings go to ``metrics["timing"]``; everything else is deterministic. The
+    model's train/eval mode is restored afterwards. ``scores``, when given, receives the
+    ``topk`` document and the evaluation ``settings`` (rasa.engine.test_scores).
+    """
+    inner = unwrap(model)
+    was_training = inner.training
+    inner.eval()
+    dev = next(inner.parameters()).device
+    dtype = precision_of(cfg.train.bf16)  # evaluated in the precision it trains in
+    settings = dict(k=rerank_k(cfg.variant, cfg.eval.k_test), batch_size=cfg.eval.batch_size,
+                    dtype=dtype, resize=cfg.train.resize, device=dev)  # fmt: skip
+    with torch.no_grad():
+        metrics, topk = evaluate_model(
+            inner, ann, cfg.annotations, cache, split, **settings, progress=False
+        )
+    inner.train(was_training)
+    if scores is not None:
+        scores.update(topk=topk, settings=settings)
+    return metrics
 
 
 def topk_records(

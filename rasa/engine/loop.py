@@ -64,7 +64,9 @@ from rasa.engine.checkpoint import (
     unwrap,
 )
 from rasa.engine.curves import CurveLogger
-from rasa.engine.runtime import Schedule, alpha_at, evaluate_split, flat_metrics, progress_bar
+from rasa.engine.evaluate import evaluate_split
+from rasa.engine.metrics import flat_metrics
+from rasa.engine.optim import Schedule, alpha_at
 from rasa.errors import ConfigError, DataError
 
 EX_TEMPFAIL = 75
@@ -100,6 +102,15 @@ class PreemptionSignals:
         if D.is_initialized():
             flag = D.all_reduce_mean(flag.to(device or "cpu")).cpu()
         return flag.item() > 0
+
+
+def progress_bar(enabled: bool, total: int, desc: str) -> Any:
+    """A tqdm bar of ``total`` steps, or None when disabled (not the main process, tests)."""
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
 class TrainingRun:

@@ -43,11 +43,15 @@ text embeddings"). :func:`fine_grained_metrics` gives
   "the average matching percentage of top-50 retrieved images of all test text classes").
   The denominator is 50 (the gallery size if smaller), so a class with fewer than 50 images
   cannot reach 100.
+
+:func:`flat_metrics` flattens an evaluation's metrics (final and ``first_stage_``) for the
+train log, the curves and the validation record.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -265,3 +269,11 @@ def fine_grained_metrics(
     AP@``ap_k`` of the classes ranking the images (IR)}``."""
     i2t = retrieval_metrics(class_scores.t(), image_pids, class_pids)
     return {"i2t": i2t, "ap50": ap_at_k(class_scores, class_pids, image_pids, ap_k)}
+
+
+def flat_metrics(m: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of an evaluation, first-stage ones prefixed ``first_stage_``."""
+    out = {k: m[k] for k in METRIC_KEYS if k in m}
+    fs = m.get("first_stage") or {}
+    out.update({f"first_stage_{k}": fs[k] for k in METRIC_KEYS if k in fs})
+    return out

@@ -342,24 +342,19 @@ def rerank_topk(
     *,
     layout: str = "ours",
     direction: str = "t2i",
-    image_kv: Any = None,
-    pair_batch: int = 256,
-    image_block: int = 256,
-    share_min: int | None = None,
-    autocast_dtype: torch.dtype | None = None,
-    progress: bool = False,
+    **options: Any,
 ) -> Tensor:
     """Two-stage score matrix: top ``k`` by ``sims`` [T, G] re-scored by ITM (module doc).
 
-    [T, G] for ``direction="t2i"``, [G, T] (images as queries) for ``"i2t"``; arguments
-    as :func:`rerank_logits` (which checks them) and :func:`compose_scores`.
+    [T, G] for ``direction="t2i"``, [G, T] (images as queries) for ``"i2t"``; ``layout`` as
+    :func:`compose_scores`; the other arguments, ``options`` (``image_kv``, ``pair_batch``,
+    ``image_block``, ``share_min``, ``autocast_dtype``, ``progress``) included, as
+    :func:`rerank_logits`, which checks them.
     """
     _check_layout(layout)  # before the expensive part
     result = rerank_logits(
-        model, text_tokens, text_mask, sims, image_tokens, k, direction=direction,
-        image_kv=image_kv, pair_batch=pair_batch, image_block=image_block, share_min=share_min,
-        autocast_dtype=autocast_dtype, progress=progress,
-    )  # fmt: skip
+        model, text_tokens, text_mask, sims, image_tokens, k, direction=direction, **options
+    )
     return compose_scores(sims if direction == "t2i" else sims.t(), result, layout)
 
 

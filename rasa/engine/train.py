@@ -23,8 +23,10 @@ Preemption: SIGTERM or SIGUSR1 -> save ``checkpoint_last.pt`` and exit with stat
 (EX_TEMPFAIL), which the SLURM profile treats as "requeue"; ``--resume`` continues exactly (under
 DDP too: every rank's random states are saved and restored). The bookkeeping shared with the
 CMMT loop (:mod:`rasa.weak.train`) lives in :mod:`rasa.engine.loop` (run state, checkpoints,
-preemption, selection, final report) and :mod:`rasa.engine.runtime` (device, model, optimizer
-groups, schedule, evaluation).
+preemption, selection, final report), :mod:`rasa.engine.device` (device, seeds),
+:mod:`rasa.engine.build` (model, weights, losses), :mod:`rasa.engine.optim` (optimizer groups,
+schedule), :mod:`rasa.engine.data_splits` (data, validation split) and
+:mod:`rasa.engine.evaluate` (evaluation).
 """
 
 from __future__ import annotations
@@ -40,22 +42,13 @@ import torch
 
 from rasa.config import ExperimentConfig
 from rasa.engine import distributed as D
+from rasa.engine.build import build_model, load_summary, make_loss_config
 from rasa.engine.checkpoint import unwrap
+from rasa.engine.data_splits import load_training_data
+from rasa.engine.device import move_to, pick_device, seed_everything
 from rasa.engine.loop import EX_TEMPFAIL, Preempted, PreemptionSignals, TrainingRun
+from rasa.engine.optim import Schedule, alpha_at, lr_factor, make_optimizer
 from rasa.engine.precision import autocast, autocast_dtype
-from rasa.engine.runtime import (
-    Schedule,
-    alpha_at,
-    build_model,
-    load_summary,
-    load_training_data,
-    lr_factor,
-    make_loss_config,
-    make_optimizer,
-    move_to,
-    pick_device,
-    seed_everything,
-)
 
 # EX_TEMPFAIL, Preempted, alpha_at and lr_factor are part of this module's interface.
 __all__ = ["EX_TEMPFAIL", "Preempted", "StepModule", "alpha_at", "fixed_generator", "lr_factor",

@@ -20,7 +20,7 @@ schedule, checkpoints, logs, validation-based selection and metrics.json), with:
 
 Per re-clustering the true ids are read, AFTER clustering and only for the report, to give the
 adjusted Rand index (metrics.json "pseudo_labels"). One process (no DDP). Datasets without a val
-split use :func:`rasa.engine.runtime.carve_validation` (held-out identities: an evaluation split,
+split use :func:`rasa.engine.data_splits.carve_validation` (held-out identities: an evaluation split,
 as in supervised training). Run state, checkpoints (which also hold the pseudo labels),
 preemption (SIGTERM/SIGUSR1 -> checkpoint, exit 75), model selection and the final report are
 those of the supervised loop (:mod:`rasa.engine.loop`).
@@ -41,18 +41,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from rasa.config import ExperimentConfig
 from rasa.engine import distributed as D
+from rasa.engine.build import build_model, load_summary, make_loss_config
+from rasa.engine.data_splits import load_training_data
+from rasa.engine.device import move_to, pick_device, seed_everything
 from rasa.engine.loop import PreemptionSignals, TrainingRun
-from rasa.engine.runtime import (
-    Schedule,
-    build_model,
-    load_summary,
-    load_training_data,
-    make_loss_config,
-    make_optimizer,
-    move_to,
-    pick_device,
-    seed_everything,
-)
+from rasa.engine.optim import Schedule, make_optimizer
 from rasa.errors import ConfigError
 from rasa.objectives import IGNORE_INDEX, contrastive_loss
 from rasa.weak import clustering, mplr
