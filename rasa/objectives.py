@@ -84,6 +84,7 @@ class LossConfig:
     mask_rule: tuple[float, float] = (0.8, 0.1)  # masked → [MASK], → random token; rest kept
     alpha: float = 0.4
     temp_range: tuple[float, float] = (0.001, 0.5)  # ALBEF's clamp of the learnable τ
+    itm_negatives: str = "hard"  # ITM negatives: "hard" (∝ softmax of similarity) or "random"
     tokens: SpecialTokens = field(default_factory=SpecialTokens)
 
     def __post_init__(self) -> None:
@@ -100,6 +101,10 @@ class LossConfig:
             raise ConfigError(
                 f"LossConfig.mask_rule = {self.mask_rule!r}; expected (p_mask_token, p_random) "
                 "with both >= 0 and a sum <= 1 (BERT: (0.8, 0.1))."
+            )
+        if self.itm_negatives not in ("hard", "random"):
+            raise ConfigError(
+                f"LossConfig.itm_negatives = {self.itm_negatives!r}; expected 'hard' or 'random'."
             )
         lo, hi = self.temp_range
         if not 0 < lo < hi:

@@ -26,6 +26,7 @@ from rasa.errors import ConfigError
 
 NEW_HEADS = ("itm_head", "prd_head", "mrtd_head")
 FLAT_KEYS = ("r1", "r5", "r10", "mAP", "mINP", "r_mean")
+EXTRA_FLAT_KEYS = ("k", "itm_loss", "itm_acc", "itm_acc_pos", "itm_acc_neg")
 
 
 # ---- device, seeds, batches ----------------------------------------------------------------
@@ -234,6 +235,7 @@ def evaluate_split(model, ann, cfg: Any, cache, split: str) -> dict[str, Any]:
     with torch.no_grad():
         metrics, _ = evaluate_model(
             inner, ann, cfg.annotations, cache, split, k=rerank_k(cfg.variant, cfg.eval.k_test),
+            k_fraction=cfg.eval.k_test_fraction if rerank_k(cfg.variant, 1) else None,
             batch_size=cfg.eval.batch_size, device=dev, dtype=dtype, resize=cfg.train.resize,
             progress=False,
         )  # fmt: skip
@@ -243,7 +245,9 @@ def evaluate_split(model, ann, cfg: Any, cache, split: str) -> dict[str, Any]:
 
 def flat_metrics(m: dict[str, Any]) -> dict[str, Any]:
     """The headline figures of an evaluation, first-stage ones prefixed ``first_stage_``."""
-    out = {k: m[k] for k in FLAT_KEYS if k in m}
+    out = {k: m[k] for k in FLAT_KEYS + EXTRA_FLAT_KEYS if k in m}
     fs = m.get("first_stage") or {}
     out.update({f"first_stage_{k}": fs[k] for k in FLAT_KEYS if k in fs})
+    rel = m.get("at_fraction") or {}  # re-ranked at k relative to the gallery
+    out.update({f"at_fraction_{k}": rel[k] for k in ("k", *FLAT_KEYS) if k in rel})
     return out

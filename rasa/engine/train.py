@@ -95,11 +95,14 @@ def train(
     progress: bool = True,
     dvclive: bool = True,
     on_step: Callable[[int], None] | None = None,
+    run_class: type[TrainingRun] = TrainingRun,
 ) -> dict[str, Any]:
     """Train ``cfg`` into ``out``; returns the metrics written to ``out/metrics.json``.
 
     ``dvclive=False`` writes the curves as CSV/JSONL (no DVC import); ``on_step(step)`` is
-    called after every optimizer step (monitoring, tests).
+    called after every optimizer step (monitoring, tests). ``run_class`` does the bookkeeping
+    (validation figures, final report): pre-training (:mod:`rasa.engine.pretrain`) passes its
+    own.
     """
     from rasa.data.dataset import TrainDataset, collate
     from rasa.variants import get_variant, natural_weak_rate
@@ -143,7 +146,7 @@ def train(
     optimizer = make_optimizer(model, tc)
     generator = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + dist.rank)
 
-    run = TrainingRun(
+    run = run_class(
         cfg, out, model=model, optimizer=optimizer, generator=generator, schedule=schedule,
         dist=dist, first_stage_selection=variant.itm is None,
     )  # fmt: skip
