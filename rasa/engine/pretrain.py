@@ -120,7 +120,8 @@ def heldout_itm(model: torch.nn.Module, ann: Any, cfg: Any, cache: Any, split: s
     highest unimodal similarity, the negatives ITM meets when it re-ranks). ``itm_loss`` is
     the cross-entropy over all of them (always answering "no match" at this 1 : 1 + G/T ratio
     costs its entropy), ``itm_acc`` the share classified right, ``itm_acc_pos`` /
-    ``itm_acc_neg`` per class.
+    ``itm_acc_neg`` per class. ``itm_loss_random`` / ``itm_acc_random``: the positives against
+    one random other image per caption instead (1 : 1; a fixed draw), the easy version.
     """
     from torch.utils.data import DataLoader
 
@@ -147,18 +148,26 @@ def heldout_itm(model: torch.nn.Module, ann: Any, cfg: Any, cache: Any, split: s
     neg_image = sims.masked_fill(same, float("-inf")).argmax(1)  # [T]
     neg_text = sims.t().masked_fill(same.t(), float("-inf")).argmax(1)  # [G]
     t, g = sims.shape
-    pair_txt = torch.cat([torch.arange(t), torch.arange(t), neg_text])
-    pair_img = torch.cat([queries.image_positions, neg_image, torch.arange(g)])
+    # a random other image per caption (fixed draw): can the head tell easy pairs apart?
+    shift = torch.randint(1, g, (t,), generator=torch.Generator().manual_seed(0))
+    rand_image = (queries.image_positions + shift) % g
+    pair_txt = torch.cat([torch.arange(t), torch.arange(t), neg_text, torch.arange(t)])
+    pair_img = torch.cat([queries.image_positions, neg_image, torch.arange(g), rand_image])
     labels = torch.cat([torch.ones(t), torch.zeros(t + g)]).long()
     logits = score_pairs(inner, text_tokens, queries.mask, pair_txt, pair_img, image_tokens)
     inner.train(was_training)
+    logits, rand_logits = logits[: 2 * t + g], logits[2 * t + g :]
     right = logits.argmax(1).eq(labels).float()
+    easy = torch.cat([logits[:t], rand_logits])
+    easy_labels = torch.cat([torch.ones(t), torch.zeros(t)]).long()
     return {
         "itm_loss": float(F.cross_entropy(logits, labels)),
         "itm_acc": float(right.mean()),
         "itm_acc_pos": float(right[:t].mean()),
         "itm_acc_neg": float(right[t:].mean()),
-        "itm_pairs": {"positive": t, "negative": t + g},
+        "itm_loss_random": float(F.cross_entropy(easy, easy_labels)),
+        "itm_acc_random": float(easy.argmax(1).eq(easy_labels).float().mean()),
+        "itm_pairs": {"positive": t, "negative": t + g, "random_negative": t},
     }
 
 
