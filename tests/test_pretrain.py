@@ -152,6 +152,30 @@ def test_random_negatives_and_itc_without_imc() -> None:
         LossConfig(itm_negatives="easy")
 
 
+def test_itm_curriculum_random_then_hard() -> None:
+    from rasa.objectives import LossConfig, loss_config_at_epoch
+
+    cfg = LossConfig(itm_random_epochs=2)
+    assert [loss_config_at_epoch(cfg, e).itm_negatives for e in range(4)] == [
+        "random", "random", "hard", "hard"
+    ]  # fmt: skip
+    assert loss_config_at_epoch(LossConfig(), 0) is not None
+    assert loss_config_at_epoch(LossConfig(), 0).itm_negatives == "hard"
+    with pytest.raises(Exception, match="itm_random_epochs"):
+        LossConfig(itm_random_epochs=-1)
+
+
+def test_pretrain_curriculum_runs(setup, tmp_path) -> None:
+    """Random negatives in epoch 0, hard ones from epoch 1 (2 epochs of 4 steps each)."""
+    params, _ = setup
+    sets = ["--set", "loss.itm_random_epochs=1", "--set", "train.max_steps=null"]
+    sets += ["--set", "train.epochs=2", "--set", "variant=itc-itm"]
+    assert _pretrain(params, tmp_path, *sets) == 0
+    state = torch.load(tmp_path / "pretrained.pt", weights_only=True)
+    assert state["config"]["loss"]["itm_random_epochs"] == 1
+    assert state["record"]["epoch"] == 2
+
+
 @pytest.mark.parametrize(
     ("gallery", "fraction", "expected"),
     [(3074, 128 / 3074, 128), (3074, 0.04, 123), (69, 0.04, 10), (6, 0.04, 6), (500, 1.0, 500)],

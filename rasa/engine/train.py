@@ -53,6 +53,7 @@ from rasa.engine.runtime import (
     pick_device,
     seed_everything,
 )
+from rasa.objectives import loss_config_at_epoch
 
 # EX_TEMPFAIL, Preempted, alpha_at and lr_factor are part of this module's interface.
 __all__ = ["EX_TEMPFAIL", "Preempted", "StepModule", "alpha_at", "fixed_generator", "lr_factor",
@@ -160,7 +161,7 @@ def train(
         f"{val_note}",
     )
 
-    step_module = StepModule(model, variant, loss_cfg, token_generator)
+    step_module = inner_step = StepModule(model, variant, loss_cfg, token_generator)
     if dist.enabled:
         # Queues and momentum weights stay equal across ranks by construction (gathered
         # enqueue, EMA of synchronised weights): no buffer broadcast every forward.
@@ -186,6 +187,7 @@ def train(
     with PreemptionSignals() as signals:
         while run.epoch < tc.epochs and run.step < schedule.total_steps:
             dataset.set_epoch(run.epoch)
+            inner_step.loss_cfg = loss_config_at_epoch(loss_cfg, run.epoch)  # ITM curriculum
             plan = D.micro_batches(
                 n, tc.batch_size, cfg.seed, run.epoch, dist.rank, dist.world_size,
                 tc.grad_accum, start_step=run.step_in_epoch,
