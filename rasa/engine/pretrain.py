@@ -113,21 +113,27 @@ def resolve_pretrain(
 # ---- held-out ITM figures ------------------------------------------------------------------
 @torch.no_grad()
 def heldout_itm(model: torch.nn.Module, ann: Any, cfg: Any, cache: Any, split: str) -> dict:
-    """ITM loss and accuracy on the held-out pairs of ``split``, deterministic.
+    """ITM loss and accuracy on the held-out pairs of ``split``; deterministic.
 
-    Pairs: every caption with its own image (match), every caption with its hardest other
-    image and every image with its hardest caption of another image (no match; "hardest" =
-    highest unimodal similarity, the negatives ITM meets when it re-ranks). ``itm_loss`` is
-    the cross-entropy over all of them (always answering "no match" at this 1 : 1 + G/T ratio
-    costs its entropy), ``itm_acc`` the share classified right, ``itm_acc_pos`` /
-    ``itm_acc_neg`` per class. ``itm_loss_random`` / ``itm_acc_random``: the positives against
-    one random other image per caption instead (1 : 1; a fixed draw), the easy version.
+    Three sets of pairs, each with every caption and its own image as the matches:
+
+    - ``itm_*`` as the training loss draws them: the held-out pairs in batches of
+      ``train.batch_size`` (table order), per caption one image and per image one caption of
+      another pair of the batch drawn ∝ softmax(similarity / τ) (:func:`sample_hard_negatives`,
+      a fixed generator), or uniformly under ``loss.itm_negatives: random``;
+    - ``itm_*_hardest``: each caption with its most similar other image of the whole held-out
+      gallery and each image with its most similar caption of another image (the negatives
+      re-ranking meets; at this ratio, always answering "no match" costs about 0.68);
+    - ``itm_*_random``: each caption with one random other image (1 : 1).
+
+    ``itm_acc_pos`` / ``itm_acc_neg``: the in-batch accuracy per class.
     """
     from torch.utils.data import DataLoader
 
     from rasa.data.dataset import ImageDataset, split_captions
     from rasa.engine.evaluate import embed_images, embed_texts, similarity
     from rasa.engine.ranking import score_pairs
+    from rasa.objectives import sample_hard_negatives
 
     inner = unwrap(model)
     was_training = inner.training
@@ -144,31 +150,52 @@ def heldout_itm(model: torch.nn.Module, ann: Any, cfg: Any, cache: Any, split: s
         inner, queries.ids, queries.mask, cfg.eval.batch_size, dev, None, progress=False
     )
     sims = similarity(text_feats, image_feats, dev)  # [T, G]
-    same = queries.pids.view(-1, 1).eq(gallery.pids.view(1, -1))
-    neg_image = sims.masked_fill(same, float("-inf")).argmax(1)  # [T]
-    neg_text = sims.t().masked_fill(same.t(), float("-inf")).argmax(1)  # [G]
     t, g = sims.shape
-    # a random other image per caption (fixed draw): can the head tell easy pairs apart?
-    shift = torch.randint(1, g, (t,), generator=torch.Generator().manual_seed(0))
-    rand_image = (queries.image_positions + shift) % g
-    pair_txt = torch.cat([torch.arange(t), torch.arange(t), neg_text, torch.arange(t)])
-    pair_img = torch.cat([queries.image_positions, neg_image, torch.arange(g), rand_image])
-    labels = torch.cat([torch.ones(t), torch.zeros(t + g)]).long()
+    own = queries.image_positions
+    rng = torch.Generator().manual_seed(0)
+    # in-batch negatives, as in training
+    temp = float(inner.temperature())
+    random = (cfg.loss or {}).get("itm_negatives") == "random"
+    batch_txt, batch_img = [], []
+    for s in range(0, t, cfg.train.batch_size):
+        rows = torch.arange(s, min(s + cfg.train.batch_size, t))
+        sim = sims[rows][:, own[rows]] / temp  # [b, b] caption x the batch's images
+        if random:
+            sim = torch.zeros_like(sim)
+        neg = sample_hard_negatives(sim, sim.t(), own[rows], rng)
+        batch_txt += [rows[neg.image_valid], rows[neg.text_idx[neg.text_valid]]]
+        batch_img += [own[rows[neg.image_idx[neg.image_valid]]], own[rows[neg.text_valid]]]
+    batch_txt, batch_img = torch.cat(batch_txt), torch.cat(batch_img)
+    # hardest in the gallery
+    same = queries.pids.view(-1, 1).eq(gallery.pids.view(1, -1))
+    hard_img = sims.masked_fill(same, float("-inf")).argmax(1)  # [T]
+    hard_txt = sims.t().masked_fill(same.t(), float("-inf")).argmax(1)  # [G]
+    # one random other image per caption
+    rand_img = (own + torch.randint(1, g, (t,), generator=rng)) % g
+    everything = torch.arange(t)
+    pair_txt = torch.cat([everything, batch_txt, everything, hard_txt, everything])
+    pair_img = torch.cat([own, batch_img, hard_img, torch.arange(g), rand_img])
     logits = score_pairs(inner, text_tokens, queries.mask, pair_txt, pair_img, image_tokens)
     inner.train(was_training)
-    logits, rand_logits = logits[: 2 * t + g], logits[2 * t + g :]
-    right = logits.argmax(1).eq(labels).float()
-    easy = torch.cat([logits[:t], rand_logits])
-    easy_labels = torch.cat([torch.ones(t), torch.zeros(t)]).long()
-    return {
-        "itm_loss": float(F.cross_entropy(logits, labels)),
-        "itm_acc": float(right.mean()),
-        "itm_acc_pos": float(right[:t].mean()),
-        "itm_acc_neg": float(right[t:].mean()),
-        "itm_loss_random": float(F.cross_entropy(easy, easy_labels)),
-        "itm_acc_random": float(easy.argmax(1).eq(easy_labels).float().mean()),
-        "itm_pairs": {"positive": t, "negative": t + g, "random_negative": t},
-    }
+    pos, logits = logits[:t], logits[t:]
+    n_batch, n_hard = batch_txt.shape[0], t + g
+    out: dict[str, Any] = {}
+    for name, neg in (
+        ("", logits[:n_batch]),
+        ("_hardest", logits[n_batch : n_batch + n_hard]),
+        ("_random", logits[n_batch + n_hard :]),
+    ):
+        both = torch.cat([pos, neg])
+        labels = torch.cat([torch.ones(t), torch.zeros(neg.shape[0])]).long()
+        right = both.argmax(1).eq(labels).float()
+        out[f"itm_loss{name}"] = float(F.cross_entropy(both, labels))
+        out[f"itm_acc{name}"] = float(right.mean())
+        if not name:
+            out["itm_acc_pos"] = float(right[:t].mean())
+            out["itm_acc_neg"] = float(right[t:].mean())
+    out["itm_pairs"] = {"positive": t, "in_batch_negative": n_batch, "hardest_negative": n_hard,
+                        "random_negative": t}  # fmt: skip
+    return out
 
 
 # ---- the run -------------------------------------------------------------------------------

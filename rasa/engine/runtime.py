@@ -26,8 +26,8 @@ from rasa.errors import ConfigError
 
 NEW_HEADS = ("itm_head", "prd_head", "mrtd_head")
 FLAT_KEYS = ("r1", "r5", "r10", "mAP", "mINP", "r_mean")
-EXTRA_FLAT_KEYS = ("k", "itm_loss", "itm_acc", "itm_acc_pos", "itm_acc_neg", "itm_loss_random",
-                   "itm_acc_random")  # fmt: skip
+EXTRA_FLAT_KEYS = ("k", "itm_loss", "itm_acc", "itm_acc_pos", "itm_acc_neg", "itm_loss_hardest",
+                   "itm_acc_hardest", "itm_loss_random", "itm_acc_random")  # fmt: skip
 
 
 # ---- device, seeds, batches ----------------------------------------------------------------
