@@ -154,18 +154,10 @@ def compute_losses(
     if variant.itm is not None or variant.prd:
         losses.update(
             _relation_aware(
-                model,
-                variant,
-                image_kv,
-                text_tokens,
-                text2_mask,
-                batch,
-                sim_i2t,
-                sim_t2i,
-                rng,
+                model, variant, image_kv, text_tokens, text2_mask, batch, sim_i2t, sim_t2i, rng,
                 cfg.itm_negatives,
             )
-        )
+        )  # fmt: skip
 
     # 5. SA: MLM and RTD
     if variant.mlm or variant.rtd is not None:
