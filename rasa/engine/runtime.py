@@ -67,14 +67,16 @@ def progress_bar(enabled: bool, total: int, desc: str) -> Any:
 def build_model(backbone: str, overrides: dict[str, Any], cache: Any) -> torch.nn.Module:
     """``create_model`` with the vocabulary of the token cache for tokenizers we train.
 
-    A ``wordpiece:N`` cache has its own vocabulary: the (from-scratch) text embedding takes its
-    size and pad id. A pretrained vocabulary (``minilm``, ``bert:DIR``) must fit the model's.
+    A ``wordpiece:N`` cache (or a ``cache:`` one reusing another cache's tokenizer) has its
+    own vocabulary: the text embedding takes its size and pad id. A pretrained vocabulary
+    (``minilm``, ``bert:DIR``) must fit the model's.
     """
     from rasa.models import create_model
 
     kwargs = dict(overrides)
     spec = str(cache.meta.get("spec", ""))
-    if spec.startswith("wordpiece"):
+    # `cache:` reuses another cache's tokenizer, e.g. the pre-training corpus's wordpiece one
+    if spec.startswith(("wordpiece", "cache:")):
         kwargs.setdefault("vocab_size", cache.vocab_size)
         kwargs.setdefault("pad_token_id", cache.pad_id)
     model = create_model(backbone, **kwargs)
