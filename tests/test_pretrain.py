@@ -92,6 +92,20 @@ def test_pretrain_writes_a_loadable_checkpoint_with_its_tokenizer(setup, tmp_pat
     assert {"loss_cl", "loss_itm", "loss_mlm"} <= set(header) and "loss_prd" not in header
 
 
+def test_fine_tuning_cache_with_the_corpus_tokenizer_sizes_the_model(setup, tmp_path) -> None:
+    """A fine-tuning cache made with `cache:<corpus tokens>` gives the corpus's vocabulary."""
+    from rasa.data.token_cache import build_cache, load_cache
+    from rasa.engine.runtime import build_model
+
+    _, tokens = setup
+    corpus = load_cache(tokens)
+    ann = tokens.parent / "annotations.json"
+    cache = build_cache(ann, f"cache:{tokens}", tmp_path / "t.npz", progress=False)
+    assert cache.meta["tokenizer_json"] == corpus.meta["tokenizer_json"]
+    model = build_model("tiny", {"image_size": [32, 16]}, cache)
+    assert model.config.vocab_size == corpus.vocab_size
+
+
 def test_pretrain_resumes_to_the_same_weights(setup, tmp_path) -> None:
     """Preempted (SIGTERM) after step 2 and resumed: the same weights as an uninterrupted run."""
     from rasa.config import load_params
