@@ -29,16 +29,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain",
         help="pre-train a backbone on the SynthPEDES corpus with ALBEF's objectives",
-        description="Pre-train with ITC (momentum distillation, queues), ITM on in-batch hard "
-        "negatives and MLM (the `pretrain` section of --params: objective set, corpus, train/"
+        description="Pre-train with ITC (momentum distillation, queues), ITM on in-batch "
+        "negatives (hard or random: loss.itm_negatives, loss.itm_random_epochs) and MLM "
+        "(the `pretrain` section of --params: objective set, corpus, train/"
         "loss/eval settings over the backbone's) on the corpus of `rasa data corpus`, "
         "tokenized with `rasa data tokenize`. Writes pretrained.pt (model + tokenizer record, "
         "the starting point of fine-tuning), metrics.json (held-out pairs: ITM loss and "
         "accuracy, R@1 first stage and re-ranked), curves and resumable checkpoints into "
         "--out. SIGTERM/SIGUSR1 save a checkpoint and exit with 75; --resume continues.",
     )
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--config", metavar="FILE", help="a resolved config.yaml to run as is")
+    p.add_argument("--config", metavar="FILE", help="a resolved config.yaml to run as is")
     p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
     p.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
