@@ -8,7 +8,10 @@ branch never leaves its prior on our synthetic sets (DESIGN.md, "The regime matt
 :mod:`rasa.engine.train` (same steps, checkpoints, resume, preemption, curves); the objective
 set is a pre-training entry of :data:`rasa.variants.PRETRAINING` (``albef``: ITC + ITM + MLM;
 ``itc-itm``), settings from the ``pretrain`` section of ``params.yaml`` over the backbone's
-(``--set`` as for ``rasa train``).
+(``--set`` as for ``rasa train``). ITM negatives are ALBEF's hard ones or, with
+``loss.itm_negatives: random``, drawn uniformly from the batch (``loss.itm_random_epochs``: random
+first, hard after); on the SynthPEDES corpus only random ones let ITM leave its prior
+(notes/pretrain_recipe.md).
 
 On the held-out pairs of the corpus (its ``val`` split) every validation reports, beside R@1
 first stage and ITM re-ranked (and at ``eval.k_test_fraction``), the ITM figures of
