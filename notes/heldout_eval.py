@@ -21,5 +21,6 @@ model.load_state_dict(state["model"])
 ann, cache = Annotations.load(cfg.annotations), load_cache(cfg.tokens)
 m = evaluate_split(model, ann, cfg, cache, "val")
 m.update(heldout_itm(model, ann, cfg, cache, "val"))
-print(json.dumps({"step": state.get("step", state.get("record", {}).get("step")),
-                  **flat_metrics(m)}))
+print(
+    json.dumps({"step": state.get("step", state.get("record", {}).get("step")), **flat_metrics(m)})
+)
