@@ -76,6 +76,9 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     k_test: int = 128
+    # k relative to the gallery (the paper re-ranks 128 of 3,074 test images: 0.04), at least
+    # RELATIVE_K_FLOOR images; reported beside k_test (metrics["at_fraction"]); None: off
+    k_test_fraction: float | None = None
     batch_size: int = 64
     select_metric: str = "r1"
 

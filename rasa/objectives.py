@@ -17,7 +17,7 @@ Nothing here touches a model: the model returns features and logits
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -84,6 +84,8 @@ class LossConfig:
     mask_rule: tuple[float, float] = (0.8, 0.1)  # masked → [MASK], → random token; rest kept
     alpha: float = 0.4
     temp_range: tuple[float, float] = (0.001, 0.5)  # ALBEF's clamp of the learnable τ
+    itm_negatives: str = "hard"  # ITM negatives: "hard" (∝ softmax of similarity) or "random"
+    itm_random_epochs: int = 0  # a curriculum: random ITM negatives in the first N epochs
     tokens: SpecialTokens = field(default_factory=SpecialTokens)
 
     def __post_init__(self) -> None:
@@ -101,9 +103,25 @@ class LossConfig:
                 f"LossConfig.mask_rule = {self.mask_rule!r}; expected (p_mask_token, p_random) "
                 "with both >= 0 and a sum <= 1 (BERT: (0.8, 0.1))."
             )
+        if self.itm_random_epochs < 0:
+            raise ConfigError(
+                f"LossConfig.itm_random_epochs = {self.itm_random_epochs!r}; expected >= 0."
+            )
+        if self.itm_negatives not in ("hard", "random"):
+            raise ConfigError(
+                f"LossConfig.itm_negatives = {self.itm_negatives!r}; expected 'hard' or 'random'."
+            )
         lo, hi = self.temp_range
         if not 0 < lo < hi:
             raise ConfigError(f"LossConfig.temp_range = {self.temp_range!r}; expected 0 < lo < hi.")
+
+
+def loss_config_at_epoch(cfg: LossConfig, epoch: int) -> LossConfig:
+    """The losses of epoch ``epoch`` (0-based): random ITM negatives while
+    ``epoch < itm_random_epochs`` (pre-training's curriculum), else ``cfg`` itself."""
+    if epoch < cfg.itm_random_epochs and cfg.itm_negatives != "random":
+        return replace(cfg, itm_negatives="random")
+    return cfg
 
 
 def _rng_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:

@@ -48,6 +48,7 @@ class Variant:
     mlm: bool = False
     rtd: str | None = None
     cl: bool = True
+    imc: bool = True  # CL = (ITC + IMC) / 2 (RaSa); False: ITC alone (ALBEF pre-training)
 
     def __post_init__(self) -> None:
         if self.itm is not None and self.itm not in ITM_MODES:
@@ -127,6 +128,17 @@ def _build(rows: Iterable[Variant]) -> dict[str, Variant]:
 VARIANTS: dict[str, Variant] = _build(_ROWS)
 FULL = "m-rtd"  # full RaSa
 
+# Objective sets of pre-training on pairs (``rasa pretrain``, issue #12), not Table 4 rows:
+# ALBEF's ITC (no IMC) with momentum distillation and queues, ITM on in-batch hard negatives
+# (every image its own identity, so the positive is the pair itself: s-ITM with no weak
+# pairs), MLM; and the same without MLM.
+PRETRAINING: dict[str, Variant] = _build((
+    Variant("albef", "ITC + ITM + MLM", "pre-training", itm="s-itm", mlm=True, imc=False),
+    Variant("itc-itm", "ITC + ITM", "pre-training", itm="s-itm", imc=False),
+))  # fmt: skip
+if set(PRETRAINING) & set(VARIANTS):
+    raise ValueError("a pre-training objective set shares its name with a Table 4 variant")
+
 
 def list_variants() -> list[str]:
     """Names in Table 4 order."""
@@ -134,11 +146,13 @@ def list_variants() -> list[str]:
 
 
 def get_variant(name: str) -> Variant:
+    """A Table 4 row or a pre-training objective set (:data:`PRETRAINING`) by name."""
     try:
-        return VARIANTS[name]
+        return VARIANTS[name] if name in VARIANTS else PRETRAINING[name]
     except KeyError:
         raise ConfigError(
-            f"unknown variant {name!r}; known variants (paper Table 4): {', '.join(VARIANTS)}."
+            f"unknown variant {name!r}; known variants (paper Table 4): {', '.join(VARIANTS)}; "
+            f"pre-training objective sets: {', '.join(PRETRAINING)}."
         ) from None
 
 

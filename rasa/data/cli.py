@@ -40,6 +40,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_synth)
 
     p = dsub.add_parser(
+        "corpus",
+        help="generate the pre-training corpus (SynthPEDES pairs of every preset)",
+        description="Draw the pre-training corpus of `pretrain.corpus` in --params: SynthPEDES "
+        "identities in every preset's caption style, written as one annotation table "
+        "(annotations.json, one record per image, pid = the image) with a held-out split "
+        "(val), images under imgs/ and corpus_meta.json. Images and captions of every "
+        "SynthPEDES set in data.datasets are removed (disjoint from fine-tuning).",
+    )
+    p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--workers", type=int, default=1, help="processes drawing images")
+    p.set_defaults(func=_corpus)
+
+    p = dsub.add_parser(
         "parse",
         help="parse a dataset's raw files into the canonical annotation table",
         description="Read a dataset in its own release format and write the canonical "
@@ -98,6 +112,15 @@ def _synth(args: argparse.Namespace) -> int:
     from rasa.data.synth import generate
 
     generate(args.preset, n_ids=args.ids, seed=args.seed, out=args.out, workers=args.workers)
+    return 0
+
+
+def _corpus(args: argparse.Namespace) -> int:
+    from rasa.config import load_params
+    from rasa.data.corpus import CorpusSpec, build_corpus
+
+    spec = CorpusSpec.from_params(load_params(args.params))
+    build_corpus(spec, args.out, workers=args.workers)
     return 0
 
 

@@ -32,7 +32,8 @@ def build_model(
     built: it must exist and match the sha256 params give; its sha256 is written into the
     dict, so the run's config.yaml records it. Errors name ``backbones.<name>.pretrained``.
 
-    From scratch, a ``wordpiece:N`` cache has its own vocabulary: the text embedding takes its
+    From scratch, a ``wordpiece:N`` cache (or a ``cache:``/``checkpoint:`` one reusing such a
+    tokenizer) has its own vocabulary: the text embedding takes its
     size and pad id. A model loaded from a checkpoint must have been trained with the cache's
     tokenizer (identity hashes compared); a pretrained vocabulary (``minilm``, ``bert:DIR``)
     must fit the model's.
@@ -50,7 +51,8 @@ def build_model(
             "`none` to train from random weights."
         )
     path = check_weights_file(pretrained, key) if isinstance(pretrained, dict) else None
-    if path is None and spec.startswith("wordpiece"):
+    # `cache:` / `checkpoint:` reuse a tokenizer we learnt (e.g. the pre-training corpus's)
+    if path is None and spec.startswith(("wordpiece", "cache:", "checkpoint:")):
         kwargs.setdefault("vocab_size", cache.vocab_size)
         kwargs.setdefault("pad_token_id", cache.pad_id)
     try:

@@ -1,4 +1,5 @@
-"""``rasa train``, ``rasa evaluate``, ``rasa generator`` and ``rasa bench``: thin wrappers.
+"""``rasa train``, ``rasa pretrain``, ``rasa evaluate``, ``rasa generator`` and ``rasa bench``:
+thin wrappers.
 
 argv carries paths and run flags; values come from ``params.yaml`` (or a saved
 ``config.yaml``) plus ``--set key=value`` overrides. ``rasa train`` exits with status 75
@@ -28,6 +29,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_run_arguments(p)
     p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "pretrain",
+        help="pre-train a backbone on the SynthPEDES corpus with ALBEF's objectives",
+        description="Pre-train with ITC (momentum distillation, queues), ITM on in-batch "
+        "negatives (hard or random: loss.itm_negatives, loss.itm_random_epochs) and MLM "
+        "(the `pretrain` section of --params: objective set, corpus, train/"
+        "loss/eval settings over the backbone's) on the corpus of `rasa data corpus`, "
+        "tokenized with `rasa data tokenize`. Writes pretrained.pt (model + tokenizer record, "
+        "the starting point of fine-tuning), metrics.json (held-out pairs: ITM loss and "
+        "accuracy, R@1 first stage and re-ranked), curves and resumable checkpoints into "
+        "--out. SIGTERM/SIGUSR1 save a checkpoint and exit with 75; --resume continues.",
+    )
+    p.add_argument("--config", metavar="FILE", help="a resolved config.yaml to run as is")
+    p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    p.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="override a value, e.g. --set train.lr=1e-4 (repeatable; YAML values)",
+    )  # fmt: skip
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument(
+        "--no-dvclive", action="store_true", help="write curves as CSV/JSONL instead of dvclive"
+    )
+    p.set_defaults(func=_pretrain)
 
     p = sub.add_parser(
         "generator",
@@ -260,6 +288,30 @@ def _train(args: argparse.Namespace) -> int:
     if metrics:
         keys = ("r1", "r5", "r10", "mAP", "mINP")
         print(json.dumps({k: metrics.get(k) for k in keys}))
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from rasa.config import load_config, load_params
+    from rasa.engine.pretrain import pretrain, resolve_pretrain
+    from rasa.engine.train import EX_TEMPFAIL, Preempted
+
+    if args.config:
+        cfg = load_config(args.config, args.sets)
+    else:
+        cfg = resolve_pretrain(load_params(args.params), args.sets, args.params)
+    try:
+        metrics = pretrain(
+            cfg, args.out, device=args.device, resume=args.resume,
+            progress=not args.no_progress, dvclive=not args.no_dvclive,
+        )  # fmt: skip
+    except Preempted as exc:
+        print(f"{exc}; checkpoint saved, exit {EX_TEMPFAIL} (requeue and run with --resume)")
+        return EX_TEMPFAIL
+    if metrics:
+        keys = ("itm_loss", "itm_acc", "r1")
+        print(json.dumps({**{k: metrics.get(k) for k in keys},
+                          "first_stage_r1": metrics["first_stage"]["r1"]}))  # fmt: skip
     return 0
 
 

@@ -71,6 +71,7 @@ BOTH_DIRECTIONS = datasets_with_protocol("both")
 FINE_GRAINED = datasets_with_protocol("class")
 AP_K = 50
 TOPK_RECORDED = 10
+RELATIVE_K_FLOOR = 10  # eval.k_test_fraction re-ranks at least this many images
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -209,9 +210,15 @@ def evaluate_model(
     fine_grained: bool | None = None,
     share_min: int | None = None,
     progress: bool = True,
+    k_fraction: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate ``model`` on ``split``; returns (metrics, topk) as written by
     :func:`evaluate_checkpoint` (metrics without ``meta``).
+
+    ``k_fraction`` (``eval.k_test_fraction``) also re-ranks a share of the gallery
+    (:func:`relative_k`), reported under ``metrics["at_fraction"]`` beside the re-ranking at the
+    absolute ``k`` (the headline figures); one ITM pass serves both (the top candidates of the
+    smaller k are the first ones of the larger).
 
     ``i2t`` adds image→text retrieval under ``metrics["i2t"]`` (same keys, its own
     ``first_stage``); default: on for Flickr30K/COCO. ``fine_grained`` adds the class-level
@@ -243,13 +250,14 @@ def evaluate_model(
     sims = similarity(text_feats, image_feats, dev)
     _sync(dev)
     t1 = time.perf_counter()
+    k_rel = relative_k(len(gallery), k_fraction) if k_fraction and k > 0 else 0
     if k > 0:
         result = rerank_logits(
-            model, text_tokens, queries.mask, sims, image_tokens, k,
+            model, text_tokens, queries.mask, sims, image_tokens, max(k, k_rel),
             pair_batch=pair_batch, image_block=image_block, share_min=share_min,
             autocast_dtype=amp, progress=progress,
         )  # fmt: skip
-        scores = compose_scores(sims, result, layout)
+        scores = compose_scores(sims, _first_candidates(result, k), layout)
     else:  # no re-ranking (a variant that never trained its ITM head): the first stage
         scores = sims
     t2 = time.perf_counter()
@@ -264,6 +272,13 @@ def evaluate_model(
         "rerank_ms_per_query": 1000 * (t2 - t1) / max(1, len(queries)),
     }
     metrics["k"] = max(0, min(k, len(gallery)))
+    if k_rel:
+        rel = compose_scores(sims, _first_candidates(result, k_rel), layout)
+        metrics["at_fraction"] = {
+            **retrieval_metrics(rel, queries.pids, gallery.pids, device=metric_device),
+            "k": k_rel,
+            "fraction": float(k_fraction),
+        }
     metrics["layout"] = layout
     name = annotations.dataset.lower()
     if fine_grained if fine_grained is not None else name in FINE_GRAINED:
@@ -339,6 +354,19 @@ def class_level_scores(
     return first, final, classes
 
 
+def relative_k(gallery: int, fraction: float, floor: int = RELATIVE_K_FLOOR) -> int:
+    """Candidates re-ranked at ``fraction`` of a gallery: ``round(fraction * gallery)``, at
+    least ``floor`` (the paper: 128 of 3,074 test images, about 4%), at most the gallery."""
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"eval.k_test_fraction = {fraction}; expected a fraction in (0, 1].")
+    return min(gallery, max(floor, round(fraction * gallery)))
+
+
+def _first_candidates(result: RerankResult, k: int) -> RerankResult:
+    """The re-ranking restricted to each query's first ``k`` candidates (best first)."""
+    return RerankResult(result.topk_index[:, :k], result.itm_logits[:, :k])
+
+
 def rerank_k(variant: str | None, k_test: int) -> int:
     """How many candidates to re-rank by ITM: ``k_test``, or 0 when ``variant`` has no ITM loss.
 
@@ -378,7 +406,8 @@ def evaluate_split(model, ann, cfg: Any, cache, split: str, scores: dict | None 
     dev = next(inner.parameters()).device
     dtype = precision_of(cfg.train.bf16)  # evaluated in the precision it trains in
     settings = dict(k=rerank_k(cfg.variant, cfg.eval.k_test), batch_size=cfg.eval.batch_size,
-                    dtype=dtype, resize=cfg.train.resize, device=dev)  # fmt: skip
+                    dtype=dtype, resize=cfg.train.resize, device=dev,
+                    k_fraction=cfg.eval.k_test_fraction)  # fmt: skip
     with torch.no_grad():
         metrics, topk = evaluate_model(
             inner, ann, cfg.annotations, cache, split, **settings, progress=False
@@ -500,6 +529,7 @@ def evaluate_checkpoint(
     Returns the metrics as written.
     """
     model, config = load_model_for_eval(checkpoint)
+    k_fraction = (config.get("eval") or {}).get("k_test_fraction")
     if k is None:
         k = run_k_test(config)
     if resize is None:
@@ -508,7 +538,7 @@ def evaluate_checkpoint(
     key = evaluation_key(
         checkpoint, annotations, tokens, split, k=k, batch_size=batch_size, dtype=dtype,
         resize=resize, device=resolve_device(device), layout=layout, pair_batch=pair_batch,
-        image_block=image_block,
+        image_block=image_block, k_fraction=k_fraction,
     )  # fmt: skip
     stored = load_scores(checkpoint, key)
     if stored is not None:  # scored by the training run: the same checkpoint, data, settings
@@ -519,7 +549,7 @@ def evaluate_checkpoint(
             model, ann, annotations, tokens, split,
             k=k, batch_size=batch_size, pair_batch=pair_batch, image_block=image_block,
             device=device, dtype=dtype, layout=layout, resize=resize, num_workers=num_workers,
-            progress=progress,
+            progress=progress, k_fraction=k_fraction,
         )  # fmt: skip
     info = _meta_from_config(config)
     info.update(

@@ -332,7 +332,7 @@ class TrainingRun:
 
     def validate(self, ann: Any, cache: Any, epoch: int) -> None:
         """Evaluate on val, record it, keep ``checkpoint_best.pt`` if the metric improved."""
-        val = evaluate_split(self.model, ann, self.cfg, cache, "val")
+        val = self.evaluate(ann, cache, "val")
         # A variant without ITM (cl, CMMT) has an untrained ITM head: select on the first stage.
         stage = val["first_stage"] if self.first_stage_selection else val
         metric = stage[self.cfg.eval.select_metric]
@@ -344,6 +344,10 @@ class TrainingRun:
                                    "metric": self.select_name}  # fmt: skip
             save_model_checkpoint(self.best_path, model=self.model, config=self.cfg.to_dict(),
                                   record=self.record["best"])  # fmt: skip
+
+    def evaluate(self, ann: Any, cache: Any, split: str) -> dict[str, Any]:
+        """The figures of one validation (a loop may add its own, e.g. pre-training's ITM)."""
+        return evaluate_split(self.model, ann, self.cfg, cache, split)
 
     def save_last(self) -> None:
         """``checkpoint_last.pt`` with every rank's random states (a collective under DDP)."""

@@ -59,6 +59,9 @@ from torch import Tensor
 from rasa.errors import RasaError
 
 METRIC_KEYS = ("r1", "r5", "r10", "mAP", "mINP", "r_mean")
+# held-out ITM figures of pre-training (rasa.engine.pretrain) and the re-ranking depth
+EXTRA_FLAT_KEYS = ("k", "itm_loss", "itm_acc", "itm_acc_pos", "itm_acc_neg", "itm_loss_hardest",
+                   "itm_acc_hardest", "itm_loss_random", "itm_acc_random")  # fmt: skip
 DEFAULT_CHUNK_ELEMENTS = 2**22
 
 
@@ -273,7 +276,9 @@ def fine_grained_metrics(
 
 def flat_metrics(m: dict[str, Any]) -> dict[str, Any]:
     """The headline figures of an evaluation, first-stage ones prefixed ``first_stage_``."""
-    out = {k: m[k] for k in METRIC_KEYS if k in m}
+    out = {k: m[k] for k in METRIC_KEYS + EXTRA_FLAT_KEYS if k in m}
     fs = m.get("first_stage") or {}
     out.update({f"first_stage_{k}": fs[k] for k in METRIC_KEYS if k in fs})
+    rel = m.get("at_fraction") or {}  # re-ranked at k relative to the gallery
+    out.update({f"at_fraction_{k}": rel[k] for k in ("k", *METRIC_KEYS) if k in rel})
     return out

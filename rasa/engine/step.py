@@ -146,7 +146,7 @@ def compute_losses(
             temp,
             alpha,
         )
-        losses["loss_cl"] = cl.loss
+        losses["loss_cl"] = cl.loss if variant.imc else (cl.i2t + cl.t2i) / 2
         sim_i2t, sim_t2i = cl.sim_i2t[:, :bsz], cl.sim_t2i[:, :bsz]
     else:
         with torch.no_grad():
@@ -159,9 +159,10 @@ def compute_losses(
     if variant.itm is not None or variant.prd:
         losses.update(
             _relation_aware(
-                model, variant, image_kv, text_tokens, text2_mask, batch, sim_i2t, sim_t2i, rng
+                model, variant, image_kv, text_tokens, text2_mask, batch, sim_i2t, sim_t2i, rng,
+                cfg.itm_negatives,
             )
-        )
+        )  # fmt: skip
 
     # 5. SA: MLM and RTD
     if variant.mlm or variant.rtd is not None:
@@ -189,13 +190,20 @@ def _relation_aware(
     sim_i2t: Tensor,
     sim_t2i: Tensor,
     rng: torch.Generator | None,
+    negatives: str = "hard",
 ) -> dict[str, Tensor]:
-    """Fusion of the positives and (ITM) the hard negatives in one call; ITM and PRD losses."""
+    """Fusion of the positives and (ITM) the hard negatives in one call; ITM and PRD losses.
+
+    ``negatives="random"`` draws each negative uniformly among the other identities of the
+    batch instead of by similarity (an easier start for a fusion encoder trained from scratch).
+    """
     bsz = text_tokens.shape[0]
     rows = torch.arange(bsz, device=text_tokens.device)
     text_index, image_index = [rows], [rows]
     n_neg_img = n_neg_txt = 0
     if variant.itm is not None:
+        if negatives == "random":  # uniform over the other identities
+            sim_t2i, sim_i2t = torch.zeros_like(sim_t2i), torch.zeros_like(sim_i2t)
         neg = sample_hard_negatives(sim_t2i.detach(), sim_i2t.detach(), batch["pid"].view(-1), rng)
         t_rows = rows[neg.image_valid]  # text t with a negative image
         i_rows = rows[neg.text_valid]  # image i with a negative text

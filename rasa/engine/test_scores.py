@@ -58,6 +58,7 @@ def evaluation_key(
     layout: str = "ours",
     pair_batch: int = 256,
     image_block: int = 256,
+    k_fraction: float | None = None,
 ) -> dict[str, Any]:
     """Everything the scores of one evaluation depend on (see the module docstring)."""
     return {
@@ -67,6 +68,7 @@ def evaluation_key(
         "tokens_sha256": file_sha256(tokens),
         "split": split,
         "k": k,
+        "k_fraction": k_fraction,
         "batch_size": batch_size,
         "dtype": dtype,
         "resize": resize,

@@ -49,6 +49,7 @@ from rasa.engine.device import move_to, pick_device, seed_everything
 from rasa.engine.loop import EX_TEMPFAIL, Preempted, PreemptionSignals, TrainingRun
 from rasa.engine.optim import Schedule, alpha_at, lr_factor, make_optimizer
 from rasa.engine.precision import autocast, autocast_dtype
+from rasa.objectives import loss_config_at_epoch
 
 # EX_TEMPFAIL, Preempted, alpha_at and lr_factor are part of this module's interface.
 __all__ = ["EX_TEMPFAIL", "Preempted", "StepModule", "alpha_at", "fixed_generator", "lr_factor",
@@ -91,11 +92,14 @@ def train(
     progress: bool = True,
     dvclive: bool = True,
     on_step: Callable[[int], None] | None = None,
+    run_class: type[TrainingRun] = TrainingRun,
 ) -> dict[str, Any]:
     """Train ``cfg`` into ``out``; returns the metrics written to ``out/metrics.json``.
 
     ``dvclive=False`` writes the curves as CSV/JSONL (no DVC import); ``on_step(step)`` is
-    called after every optimizer step (monitoring, tests).
+    called after every optimizer step (monitoring, tests). ``run_class`` does the bookkeeping
+    (validation figures, final report): pre-training (:mod:`rasa.engine.pretrain`) passes its
+    own.
     """
     from rasa.data.dataset import TrainDataset, collate
     from rasa.variants import get_variant, natural_weak_rate
@@ -139,7 +143,7 @@ def train(
     optimizer = make_optimizer(model, tc)
     generator = torch.Generator(device=dev).manual_seed(cfg.seed * 1000 + dist.rank)
 
-    run = TrainingRun(
+    run = run_class(
         cfg, out, model=model, optimizer=optimizer, generator=generator, schedule=schedule,
         dist=dist, first_stage_selection=variant.itm is None,
     )  # fmt: skip
@@ -154,7 +158,7 @@ def train(
     )
     run.log.text(load_summary(model, optimizer))
 
-    step_module = StepModule(model, variant, loss_cfg, token_generator)
+    step_module = inner_step = StepModule(model, variant, loss_cfg, token_generator)
     if dist.enabled:
         # Queues and momentum weights stay equal across ranks by construction (gathered
         # enqueue, EMA of synchronised weights): no buffer broadcast every forward.
@@ -176,6 +180,7 @@ def train(
     with PreemptionSignals() as signals:
         while run.epoch < tc.epochs and run.step < schedule.total_steps:
             dataset.set_epoch(run.epoch)
+            inner_step.loss_cfg = loss_config_at_epoch(loss_cfg, run.epoch)  # ITM curriculum
             plan = D.micro_batches(
                 n, tc.batch_size, cfg.seed, run.epoch, dist.rank, dist.world_size,
                 tc.grad_accum, start_step=run.step_in_epoch,
