@@ -256,3 +256,30 @@ def test_rasa_report_end_to_end(tmp_path, monkeypatch):
 def test_rasa_report_bad_results_dir(tmp_path, capsys):
     assert main(["report", "--results", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_git_commit_ignores_what_the_dag_writes_and_warns_on_code(tmp_path, capsys):
+    """The report's commit: DAG outputs (results/, dvc.lock, ...) do not make it dirty;
+    uncommitted code or params do, loudly."""
+    import subprocess
+
+    from rasa.report.build import git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    for f in ("results/m.json", "dvc.lock", "params.yaml"):
+        (tmp_path / f).write_text("a\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+    (tmp_path / "results/m.json").write_text("b\n")
+    (tmp_path / "dvc.lock").write_text("b\n")
+    assert git_commit(tmp_path) == head
+    assert "WARNING" not in capsys.readouterr().err
+    (tmp_path / "params.yaml").write_text("b\n")
+    assert git_commit(tmp_path) == head + "-dirty"
+    assert "params.yaml" in capsys.readouterr().err

@@ -20,6 +20,7 @@ import hashlib
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -39,16 +40,35 @@ class Report:
 
 
 # ---- helpers -------------------------------------------------------------------------------
+# What the DAG itself writes: a change there is the run's output, not uncommitted code or params.
+DAG_OUTPUTS = ("results/", "checkpoints/", "data/", "dvc.lock", "search/")
+
+
 def git_commit(cwd: str | Path = ".") -> str:
-    """``git rev-parse HEAD`` (+ "-dirty" with uncommitted changes), or a note."""
+    """``git rev-parse HEAD`` of the code and params that made the report, or a note.
+
+    "-dirty" is appended only when a tracked file outside the DAG's own outputs
+    (:data:`DAG_OUTPUTS`) differs from that commit: the report's numbers then come from
+    uncommitted code or params, and a warning naming the files goes to stderr.
+    """
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
                               text=True, check=True, timeout=10).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=cwd, capture_output=True, text=True, timeout=10).stdout  # fmt: skip
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                cwd=cwd, capture_output=True, text=True, timeout=10).stdout  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return "(not in a git repository)"
-    return head + ("-dirty" if dirty.strip() else "")
+    changed = [line[3:] for line in status.splitlines() if len(line) > 3]
+    code = [f for f in changed if not f.startswith(DAG_OUTPUTS)]
+    if not code:
+        return head
+    shown = ", ".join(code[:8]) + (f" and {len(code) - 8} more" if len(code) > 8 else "")
+    print(
+        f"WARNING: the report's numbers come from uncommitted code or params ({shown}); "
+        f"it records commit {head}-dirty. Commit, then re-run, for results that trace back.",
+        file=sys.stderr,
+    )
+    return head + "-dirty"
 
 
 def file_sha256(path: str | Path) -> str | None:
