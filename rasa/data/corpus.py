@@ -30,17 +30,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from rasa.data.annotations import Annotations, Record
-from rasa.data.synth import _PRESET_CODE, PRESETS, SynthConfig, _draw_one, _plan
+from rasa.data.synth import _PRESET_CODE, PRESETS, SynthConfig, _plan, draw_images
 from rasa.data.text import clean_caption
 from rasa.errors import ConfigError, DataError
 from rasa.io import write_json
@@ -206,16 +204,7 @@ def build_corpus(
          spec.seed, _PRESET_CODE[it["preset"]], cfg, PRESETS[it["preset"]].ext)
         for it in items
     ]  # fmt: skip
-    bar = tqdm(total=len(tasks), desc="corpus", unit="img", disable=not progress)
-    if workers <= 1:
-        for t in tasks:
-            _draw_one(t)
-            bar.update()
-    else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_draw_one, tasks, chunksize=16):
-                bar.update()
-    bar.close()
+    draw_images(tasks, workers, "corpus", progress)
     records = [
         Record(it["path"], n, "val" if held[n] else "train", tuple(it["captions"]))
         for n, it in enumerate(items)

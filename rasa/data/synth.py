@@ -374,6 +374,21 @@ def _draw_one(task: tuple) -> int:
     return index
 
 
+def draw_images(tasks: list[tuple], workers: int, desc: str, progress: bool) -> None:
+    """Draw every :func:`_draw_one` task, in ``workers`` spawned processes when > 1, with a
+    tqdm bar (images are independent: the same bytes in any order)."""
+    bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=not progress)
+    if workers <= 1:
+        for t in tasks:
+            _draw_one(t)
+            bar.update()
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for _ in pool.imap_unordered(_draw_one, tasks, chunksize=16):
+                bar.update()
+    bar.close()
+
+
 def _raw_records(preset: str, plan: dict) -> list[dict]:
     caps: dict[int, list[str]] = {}
     for c in plan["captions"]:
@@ -567,16 +582,7 @@ def _write(preset, seed, cfg, plan, out: Path, workers: int, progress: bool) -> 
         )
         for img in plan["images"]
     ]
-    bar = tqdm(total=len(tasks), desc=f"synth {preset}", unit="img", disable=not progress)
-    if workers == 1:
-        for t in tasks:
-            _draw_one(t)
-            bar.update()
-    else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_draw_one, tasks, chunksize=16):
-                bar.update()
-    bar.close()
+    draw_images(tasks, workers, f"synth {preset}", progress)
     stats = statistics(plan)
     if preset in LAYOUT_PRESETS:
         write_raw(preset, out, plan)
