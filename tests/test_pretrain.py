@@ -235,3 +235,43 @@ def test_relative_k_equals_reranking_at_that_k(tmp_path) -> None:
     for key in ("r1", "r5", "mAP"):
         assert both["at_fraction"][key] == pytest.approx(at_12[key], abs=1e-9)
         assert both[key] == pytest.approx(at_20[key], abs=1e-9)
+
+
+def test_fine_tuning_starts_from_the_pretrained_checkpoint(setup, tmp_path) -> None:
+    """The whole route of issue #12: `rasa pretrain` -> a fine-tuning set tokenized with the
+    corpus tokenizer (`checkpoint:` spec) -> `rasa train --set pretrained=<pretrained.pt>`:
+    loaded weights at lr, the heads m-rtd adds (PRD, m-RTD) new at lr_new."""
+    from rasa.data.formats import parse_to_file
+    from rasa.data.synth import generate
+    from rasa.data.token_cache import build_cache
+
+    params, _ = setup
+    pre = tmp_path / "pre"
+    assert _pretrain(params, pre, "--set", "variant=itc-itm") == 0
+    data = tmp_path / "ft"
+    generate("cuhk", n_ids=12, seed=3, out=data / "raw", progress=False)
+    parse_to_file("auto", data / "raw", data / "annotations.json")
+    spec = f"checkpoint:{pre / 'pretrained.pt'}"
+    build_cache(data / "annotations.json", spec, data / "tokens.npz", progress=False)
+    sets = ["model.image_size=[32, 16]", "model.queue_size=32", "train.batch_size=8",
+            "train.max_steps=2", "train.epochs=1", "train.lr=1e-4", "train.lr_new=1e-3",
+            "train.eval_every_epochs=1", "train.ckpt_every_steps=0", "eval.k_test=4",
+            f"tokenizer={spec}", f"pretrained={pre / 'pretrained.pt'}"]  # fmt: skip
+    argv = ["train", "--params", str(params), "--experiment", "synth-cuhk-tiny-m-rtd",
+            "--annotations", str(data / "annotations.json"), "--tokens",
+            str(data / "tokens.npz"), "--out", str(tmp_path / "run"), "--no-progress",
+            "--no-dvclive", "--device", "cpu"]  # fmt: skip
+    assert main([*argv, *[x for s in sets for x in ("--set", s)]]) == 0
+    log = (tmp_path / "run" / "train_log.txt").read_text(encoding="utf-8")
+    new = next(line for line in log.splitlines() if line.strip().startswith("new ("))
+    assert "prd_head" in new and "mrtd_head" in new  # the heads m-rtd adds: new, at lr_new
+    loaded = next(line for line in log.splitlines() if line.strip().startswith("loaded:"))
+    assert "itm_head.weight" in loaded and "text_encoder.encoder" in loaded
+    assert "pretrained lr 0.0001" in log and "new lr 0.001" in log
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))
+    assert len(config["pretrained"]["sha256"]) == 64
+    state = torch.load(tmp_path / "run" / "checkpoint_best.pt", weights_only=True)
+    assert (
+        state["tokenizer"]["sha256"]
+        == torch.load(pre / "pretrained.pt", weights_only=True)["tokenizer"]["sha256"]
+    )
