@@ -222,7 +222,7 @@ def read_safely(path: str | Path, map_location: str | torch.device = "cpu") -> A
             f"{path}: refused: the file holds objects other than tensors and plain data, which "
             f"torch.load(weights_only=True) will not unpickle (it could run code) [{detail}]. "
             "Checkpoints of rasa versions before weights-only loading must be re-made (train "
-            "again); never load a checkpoint of unknown origin with weights_only=False."
+            "again); never turn weights-only loading off for a checkpoint of unknown origin."
         ) from exc
     except Exception as exc:  # noqa: BLE001 - truncated zip, not a torch file, ...
         raise DataError(

@@ -42,19 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "accuracy, R@1 first stage and re-ranked), curves and resumable checkpoints into "
         "--out. SIGTERM/SIGUSR1 save a checkpoint and exit with 75; --resume continues.",
     )
-    p.add_argument("--config", metavar="FILE", help="a resolved config.yaml to run as is")
-    p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
-    p.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-        help="override a value, e.g. --set train.lr=1e-4 (repeatable; YAML values)",
-    )  # fmt: skip
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    p.add_argument(
-        "--no-dvclive", action="store_true", help="write curves as CSV/JSONL instead of dvclive"
-    )
+    add_run_arguments(p, experiment=False, data=False)
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser(
@@ -195,18 +183,27 @@ def bench_sizes(args: argparse.Namespace) -> dict:
     return sizes
 
 
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments of a training command (`rasa train`, `rasa cmmt train`); see resolve_run."""
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--experiment", metavar="NAME", help="experiment name in --params")
-    src.add_argument("--config", metavar="FILE", help="a resolved config.yaml to run as is")
+def add_run_arguments(
+    p: argparse.ArgumentParser, experiment: bool = True, data: bool = True
+) -> None:
+    """The arguments of a training command (`rasa train`, `rasa cmmt train`: see resolve_run;
+    `rasa pretrain`, whose run is the params' `pretrain` section: no ``experiment`` and no
+    ``data`` paths)."""
+    config_help = "a resolved config.yaml to run as is"
+    if experiment:
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--experiment", metavar="NAME", help="experiment name in --params")
+        src.add_argument("--config", metavar="FILE", help=config_help)
+    else:
+        p.add_argument("--config", metavar="FILE", help=config_help)
     p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
     p.add_argument(
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
         help="override a value, e.g. --set train.lr=1e-4 (repeatable; YAML values)",
     )  # fmt: skip
-    p.add_argument("--annotations", help="annotation table (default: from data.root)")
-    p.add_argument("--tokens", help="token cache (default: from data.root and the tokenizer)")
+    if data:
+        p.add_argument("--annotations", help="annotation table (default: from data.root)")
+        p.add_argument("--tokens", help="token cache (default: from data.root and the tokenizer)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
         "--resume", nargs="?", const="strict", choices=("strict", "auto"), default=None,
@@ -300,9 +297,10 @@ def _pretrain(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.sets)
     else:
         cfg = resolve_pretrain(load_params(args.params), args.sets, args.params)
+    check_out_dir(args.out)
     try:
         metrics = pretrain(
-            cfg, args.out, device=args.device, resume=args.resume,
+            cfg, args.out, device=args.device, resume=resume_mode(args),
             progress=not args.no_progress, dvclive=not args.no_dvclive,
         )  # fmt: skip
     except Preempted as exc:

@@ -283,7 +283,7 @@ def pretrain(
     out: str | Path,
     *,
     device: str = "auto",
-    resume: bool = False,
+    resume: bool | str = False,
     progress: bool = True,
     dvclive: bool = True,
     on_step: Any = None,
