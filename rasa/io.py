@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import tempfile
@@ -48,8 +49,10 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+@functools.cache
 def _umask() -> int:
-    """The process's umask (read by setting it and setting it back)."""
+    """The process's umask, read once (reading it means setting it and setting it back: not
+    done on every write, where another thread could create a file in between)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
