@@ -87,6 +87,7 @@ class TokenCache:
     meta: dict
     path: Path | None = None
     _tokenizer: Tokenizer | None = field(default=None, repr=False, compare=False)
+    _identity: str | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -121,10 +122,11 @@ class TokenCache:
 
     @property
     def tokenizer_sha256(self) -> str:
-        """The identity hash of the tokenizer that wrote the cache (computed for old caches)."""
-        if not self.meta.get("tokenizer_sha256"):
-            self.meta["tokenizer_sha256"] = tokenizer_sha256(self.meta["tokenizer_json"])
-        return str(self.meta["tokenizer_sha256"])
+        """The identity hash of the tokenizer that wrote the cache, computed from its JSON (a
+        stored hash may come from an earlier definition of the identity)."""
+        if self._identity is None:
+            self._identity = tokenizer_sha256(self.meta["tokenizer_json"])
+        return self._identity
 
     def tokenizer_record(self) -> dict:
         """The record of this cache's tokenizer that checkpoints carry (plain data)."""
@@ -132,11 +134,6 @@ class TokenCache:
             self.meta["tokenizer_json"], self.meta.get("spec", ""),
             bool(self.meta.get("add_sep", True)), self.max_len,
         )  # fmt: skip
-        if record["sha256"] != self.tokenizer_sha256:
-            raise DataError(
-                f"token cache {self.path or '(in memory)'}: its tokenizer JSON does not match "
-                "its recorded tokenizer_sha256; rebuild it with `rasa data tokenize`."
-            )
         return record
 
     def check_tokenizer(self, record: dict | None, source: object) -> None:
@@ -146,9 +143,14 @@ class TokenCache:
         Identity hashes are compared, not vocabulary sizes: two tokenizers of one size give the
         same caption different ids.
         """
-        if not record or record.get("sha256") == self.tokenizer_sha256:
+        if not record:
             return
-        if str(source).endswith((".pt", ".pth")) and record.get("tokenizer_json"):
+        # the identity is recomputed from the recorded JSON where there is one: a stored hash
+        # may come from an earlier definition of the identity (tokenizer_sha256)
+        stored = record.get("tokenizer_json")
+        if (tokenizer_sha256(stored) if stored else record.get("sha256")) == self.tokenizer_sha256:
+            return
+        if str(source).endswith((".pt", ".pth", ".safetensors")) and record.get("tokenizer_json"):
             hint = f"`rasa data tokenize --tokenizer checkpoint:{source}`"
         else:
             spec = str(record.get("spec"))
