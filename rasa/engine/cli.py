@@ -37,12 +37,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "negatives (hard or random: loss.itm_negatives, loss.itm_random_epochs) and MLM "
         "(the `pretrain` section of --params: objective set, corpus, train/"
         "loss/eval settings over the backbone's) on the corpus of `rasa data corpus`, "
-        "tokenized with `rasa data tokenize`. Writes pretrained.pt (model + tokenizer record, "
-        "the starting point of fine-tuning), metrics.json (held-out pairs: ITM loss and "
-        "accuracy, R@1 first stage and re-ranked), curves and resumable checkpoints into "
-        "--out. SIGTERM/SIGUSR1 save a checkpoint and exit with 75; --resume continues.",
+        "tokenized with `rasa data tokenize`. Writes the final model into --export "
+        "(model.safetensors + tokenizer.json, the starting point of fine-tuning, with its "
+        "held-out metrics.json: ITM loss and accuracy, R@1 first stage and re-ranked, and loss "
+        "curves) and the run (log, curves, resumable checkpoints) into --out. "
+        "SIGTERM/SIGUSR1 save a checkpoint and exit with 75; --resume continues.",
     )
     add_run_arguments(p, experiment=False, data=False)
+    p.add_argument("--export", metavar="DIR",
+                   help="folder of the final model (default: --out; the workflow passes "
+                   "params' pretrain.out)")  # fmt: skip
+    p.add_argument("--threads", type=positive_int,
+                   help="torch CPU threads (default: params' pretrain.threads, else torch's); "
+                   "recorded with the model: the bytes depend on it")  # fmt: skip
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser(
@@ -289,19 +296,28 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    import torch
+
     from rasa.config import load_config, load_params
     from rasa.engine.pretrain import pretrain, resolve_pretrain
     from rasa.engine.train import EX_TEMPFAIL, Preempted
 
+    threads = args.threads
     if args.config:
         cfg = load_config(args.config, args.sets)
     else:
-        cfg = resolve_pretrain(load_params(args.params), args.sets, args.params)
+        params = load_params(args.params)
+        cfg = resolve_pretrain(params, args.sets, args.params)
+        threads = threads or params["pretrain"].get("threads")
     check_out_dir(args.out)
+    if args.export:
+        check_out_dir(args.export)
+    if threads:
+        torch.set_num_threads(threads)
     try:
         metrics = pretrain(
             cfg, args.out, device=args.device, resume=resume_mode(args),
-            progress=not args.no_progress, dvclive=not args.no_dvclive,
+            progress=not args.no_progress, dvclive=not args.no_dvclive, export=args.export,
         )  # fmt: skip
     except Preempted as exc:
         print(f"{exc}; checkpoint saved, exit {EX_TEMPFAIL} (requeue and run with --resume)")

@@ -17,12 +17,14 @@ On the held-out pairs of the corpus (its ``val`` split) every validation reports
 first stage and ITM re-ranked (and at ``eval.k_test_fraction``), the ITM figures of
 :func:`heldout_itm`. The run writes
 
-- ``pretrained.pt``: the final model in our checkpoint layout (``model``, ``model_config``,
-  ``config``, ``record``) plus ``tokenizer``, the corpus tokenizer's record (interfaces.md):
-  fine-tuning starts from it (``backbones.<name>.pretrained``) with token caches made by the
-  same tokenizer (``rasa data tokenize --tokenizer cache:<corpus tokens>``);
-- ``metrics.json``: the held-out figures of that model; ``checkpoint_last.pt`` (resume),
-  ``checkpoint_best.pt``, ``train_log.txt``, ``curve/`` (per-objective losses), ``config.yaml``.
+- into ``--export`` (default: ``--out``; the workflow: ``pretrain.out``, committed), the
+  final model as ``model.safetensors`` + ``tokenizer.json`` (the corpus tokenizer's record)
+  with its held-out ``metrics.json`` and loss curves (:func:`export_pretrained`): fine-tuning
+  starts from it (``backbones.<name>.pretrained: <export>/model.safetensors``) with token
+  caches made by its tokenizer (``tokenizer: checkpoint:<export>/model.safetensors``);
+- into ``--out``: ``metrics.json`` (the same figures plus timings), ``checkpoint_last.pt``
+  (resume), ``checkpoint_best.pt``, ``train_log.txt``, ``curve/`` (per-objective losses),
+  ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -45,14 +47,15 @@ from rasa.config import (
     parse_set,
     set_dotted,
 )
-from rasa.engine.checkpoint import CHECKPOINT_VERSION, check_plain, unwrap
+from rasa.data.tokenizer import TOKENIZER_FILE
+from rasa.engine.checkpoint import unwrap
 from rasa.engine.loop import TrainingRun
 from rasa.engine.metrics import flat_metrics
 from rasa.errors import ConfigError, DataError
-from rasa.io import torch_save, write_json
+from rasa.io import write_json, write_text
 
 CORPUS = "pretrain-corpus"  # the corpus's folder under data.root
-PRETRAINED = "pretrained.pt"
+EXPORT_WEIGHTS = "model.safetensors"  # with tokenizer.json beside it (export_pretrained)
 
 
 # ---- configuration -------------------------------------------------------------------------
@@ -210,6 +213,10 @@ class PretrainRun(TrainingRun):
         metrics.update(heldout_itm(self.model, ann, self.cfg, cache, split))
         return metrics
 
+    def __init__(self, *args: Any, export: str | Path | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.export = Path(export) if export else None  # the final model's folder (else out)
+
     def final_report(
         self,
         ann: Any,
@@ -219,63 +226,86 @@ class PretrainRun(TrainingRun):
         extra: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Held-out figures of the final model, ``metrics.json`` and ``pretrained.pt``."""
+        """Held-out figures of the final model, ``metrics.json`` and the export
+        (:func:`export_pretrained`)."""
         metrics: dict[str, Any] = {}
         if self.main:
             t0 = time.time()
             heldout = self.evaluate(ann, cache, "val")
+            export = Path(self.export or self.out)
+            figures = {k: v for k, v in heldout.items() if k != "timing"}  # deterministic
             metrics = {
-                **heldout,
+                **figures,
                 "step": self.step,
                 "val_curve": self.record["val_curve"],
-                "timings": {
-                    "train_seconds": self.record["train_seconds"],
-                    "heldout_eval_seconds": time.time() - t0,
-                    "wall_seconds_this_process": time.time() - t_start,
-                },
                 "meta": {
                     "experiment": self.cfg.name, "dataset": self.cfg.dataset,
                     "backbone": self.cfg.backbone, "variant": self.cfg.variant,
                     "seed": self.cfg.seed, "split": "val (held-out corpus pairs)",
-                    "checkpoint": str(self.out / PRETRAINED),
+                    "checkpoint": str(export / EXPORT_WEIGHTS),
                     "threads": torch.get_num_threads(), "torch": torch.__version__,
                 },
             }  # fmt: skip
             record = {"step": self.step, "epoch": self.epoch, "heldout": flat_metrics(heldout)}
-            save_pretrained(self.out / PRETRAINED, self.model, self.cfg, cache, record)
-            write_json(self.out / "metrics.json", metrics)
+            export_pretrained(export, self.out, self.model, self.cfg, cache, record, metrics)
+            timings = {
+                "train_seconds": self.record["train_seconds"],
+                "heldout_eval_seconds": time.time() - t0,
+                "wall_seconds_this_process": time.time() - t_start,
+            }
+            write_json(self.out / "metrics.json",
+                       {**metrics, "timing": heldout.get("timing"), "timings": timings})  # fmt: skip
             self.log.eval(None, "heldout", heldout)
-            self.log.text(f"wrote {self.out / PRETRAINED}")
+            self.log.text(f"wrote {export / EXPORT_WEIGHTS} and {export / TOKENIZER_FILE}")
         self.log.close()
         return metrics
 
 
-def save_pretrained(
-    path: str | Path, model: torch.nn.Module, cfg: Any, cache: Any, record: dict[str, Any]
+def export_pretrained(
+    export: str | Path,
+    run_dir: str | Path,
+    model: torch.nn.Module,
+    cfg: Any,
+    cache: Any,
+    record: dict[str, Any],
+    metrics: dict[str, Any],
 ) -> None:
-    """Weights, model config, run config, record and the tokenizer record (plain data and
-    tensors only: loads with ``torch.load(weights_only=True)``).
+    """The pre-trained model as a small, self-describing folder that can be committed:
+    ``model.safetensors`` (weights; model config, run config, record, thread count and torch
+    version as metadata), ``tokenizer.json`` (the corpus tokenizer's record), ``metrics.json``
+    (held-out figures and validation curve, no timings), ``config.yaml`` and the loss curves
+    (``curve/``): the report reads the folder as a training run. Every
+    file is a function of the inputs and the thread count: ``dvc repro`` gives the same bytes.
 
     The id queue is cleared (-100: never a positive): its entries are corpus image numbers,
     which a fine-tuning set's person indices would otherwise match. The feature queues stay,
     as negatives (ALBEF's fine-tuning likewise starts with pre-trained feature queues and an
     empty id queue).
     """
+    import shutil
+
+    from rasa.models.loaders.common import write_export
     from rasa.objectives import IGNORE_INDEX
 
+    export, run_dir = Path(export), Path(run_dir)
     inner = unwrap(model)
     weights = dict(inner.state_dict())
     weights["idx_queue"] = torch.full_like(weights["idx_queue"], IGNORE_INDEX)
-    state = {
-        "version": CHECKPOINT_VERSION,
-        "model": weights,
-        "model_config": inner.config.to_dict(),
-        "config": cfg.to_dict(),
-        "record": record,
-        "tokenizer": cache.tokenizer_record(),
-    }
-    check_plain(state)
-    torch_save(state, path)
+    write_export(
+        export / EXPORT_WEIGHTS, weights, cache.tokenizer_record(),
+        model_config=inner.config.to_dict(), config=cfg.to_dict(), record=record,
+        threads=torch.get_num_threads(), torch=torch.__version__.split("+")[0],
+    )  # fmt: skip
+    write_json(export / "metrics.json", metrics)
+    if export.resolve() != run_dir.resolve():
+        write_text(export / "config.yaml", (run_dir / "config.yaml").read_text(encoding="utf-8"))
+        # the files rasa.report.curves reads: dvclive's TSVs, else train.csv / eval.jsonl
+        curve, target = run_dir / "curve", export / "curve"
+        if target.is_dir():
+            shutil.rmtree(target)
+        files = [*curve.glob("plots/metrics/**/*.tsv"), curve / "train.csv", curve / "eval.jsonl"]
+        for f in sorted(f for f in files if f.is_file()):
+            write_text(target / f.relative_to(curve), f.read_text(encoding="utf-8"))
 
 
 def pretrain(
@@ -287,10 +317,14 @@ def pretrain(
     progress: bool = True,
     dvclive: bool = True,
     on_step: Any = None,
+    export: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Pre-train ``cfg`` (from :func:`resolve_pretrain`) into ``out``; the held-out metrics.
+    """Pre-train ``cfg`` (from :func:`resolve_pretrain`) into ``out``, the final model into
+    ``export`` (default ``out``); the held-out metrics.
 
     ``on_step(step)`` is called after every optimizer step (monitoring, tests)."""
+    from functools import partial
+
     from rasa.engine.train import train
 
     for path, step in ((cfg.annotations, "rasa data corpus"), (cfg.tokens, "rasa data tokenize")):
@@ -301,5 +335,5 @@ def pretrain(
             )
     return train(
         cfg, out, device=device, resume=resume, progress=progress, dvclive=dvclive,
-        on_step=on_step, run_class=PretrainRun,
+        on_step=on_step, run_class=partial(PretrainRun, export=export),
     )  # fmt: skip

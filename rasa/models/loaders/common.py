@@ -8,6 +8,7 @@ checkpoint does not have and that are initialised fresh, reported but not an err
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -70,9 +71,91 @@ def group_keys(keys: list[str]) -> str:
     return ", ".join(f"{g} ({n})" for g, n in sorted(groups.items()))
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """(state_dict, rest) of a ``{'model': sd, ...}`` or bare state-dict file (weights only)."""
+# ---- the exported form of our checkpoints: safetensors + the tokenizer as JSON --------------
+# A pre-trained model that is committed or shared (``rasa pretrain``'s export, issue #12):
+# ``model.safetensors`` holds the weights and, as plain-text metadata, the model config, the run
+# config and record that made it; ``tokenizer.json`` beside it is the tokenizer record
+# (rasa.data.tokenizer.tokenizer_record), whose identity hash the metadata repeats.
+EXPORT_FORMAT = "rasa-export-1"
+EXPORT_META_KEYS = ("model_config", "config", "record")
+EXPORT_KEY = "rasa"  # the one safetensors metadata entry: JSON of the above and more
+
+
+def write_export(
+    path: str | Path,
+    state_dict: dict[str, Tensor],
+    tokenizer: dict[str, Any],
+    **meta: Any,
+) -> Path:
+    """Write ``path`` (``*.safetensors``) and ``tokenizer.json`` beside it, atomically; the
+    same tensors and metadata give the same bytes. ``meta``: :data:`EXPORT_META_KEYS` plus
+    plain scalars (e.g. ``threads``, ``torch``), stored as JSON text."""
+    from safetensors.torch import save
+
+    from rasa.data.tokenizer import TOKENIZER_FILE
+    from rasa.io import write_bytes, write_json
+
     path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ConfigError(f"{path}: an export is written as FILE.safetensors.")
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    # one metadata entry: safetensors writes its metadata map in hash order, and the bytes
+    # must be a function of the content
+    doc = {"format": EXPORT_FORMAT, "tokenizer_sha256": str(tokenizer["sha256"]), **meta}
+    header = {EXPORT_KEY: json.dumps(doc, sort_keys=True)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path.parent / TOKENIZER_FILE, tokenizer)
+    write_bytes(path, save(tensors, metadata=header))
+    return path
+
+
+def read_export(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(state_dict, rest) of an export: ``rest`` holds the metadata of
+    :data:`EXPORT_META_KEYS` and ``tokenizer``, the record of the ``tokenizer.json`` beside it
+    (checked against the identity hash the weights file names)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    from rasa.data.tokenizer import TOKENIZER_FILE, read_tokenizer_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Checkpoint {path} does not exist; pass the path of a .safetensors file.")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            text = (fh.metadata() or {}).get(EXPORT_KEY)
+        state = load_file(str(path))
+        header = json.loads(text) if text else {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise DataError(f"Checkpoint {path}: not a readable safetensors file ({err}).") from err
+    if not isinstance(header, dict) or header.get("format") != EXPORT_FORMAT:
+        raise DataError(
+            f"Checkpoint {path}: metadata 'format' is {header.get('format')!r}; expected "
+            f"{EXPORT_FORMAT!r} (written by `rasa pretrain`). Other safetensors files are not "
+            "read as a starting point."
+        )
+    rest: dict[str, Any] = {}
+    for key in EXPORT_META_KEYS:
+        if not isinstance(header.get(key), dict):
+            raise DataError(f"Checkpoint {path}: metadata {key!r} missing (expected an object).")
+        rest[key] = header[key]
+    record = read_tokenizer_file(path.parent / TOKENIZER_FILE)
+    if record["sha256"] != header.get("tokenizer_sha256"):
+        raise DataError(
+            f"{path.parent / TOKENIZER_FILE}: tokenizer identity {record['sha256'][:12]} is not "
+            f"the one {path} was trained with ({str(header.get('tokenizer_sha256'))[:12]}); "
+            "keep the two files of an export together."
+        )
+    rest["tokenizer"] = record
+    return state, rest
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(state_dict, rest) of a ``{'model': sd, ...}`` or bare state-dict file (weights only),
+    or of an export (``*.safetensors``, :func:`read_export`)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_export(path)
     if not path.is_file():
         raise DataError(f"Checkpoint {path} does not exist; pass the path of a .pth file.")
     try:
