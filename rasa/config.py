@@ -327,10 +327,13 @@ def resolve_experiment(
             f"backbone {doc['backbone']!r} is not defined under backbones "
             f"(known: {', '.join(sorted(params['backbones']))})."
         )
-    doc["tokenizer"] = explicit.get("tokenizer", params["backbones"][doc["backbone"]]["tokenizer"])
+    # an experiment may name its own tokenizer and weights (e.g. `pretrained: none`: from
+    # scratch), else its backbone's
+    backbone = params["backbones"][doc["backbone"]]
+    doc["tokenizer"] = explicit.get("tokenizer", exp.get("tokenizer", backbone["tokenizer"]))
     doc["data_root"] = params["data"]["root"]
     doc["pretrained"] = resolve_pretrained(
-        explicit.get("pretrained", params["backbones"][doc["backbone"]].get("pretrained")),
+        explicit.get("pretrained", exp.get("pretrained", backbone.get("pretrained"))),
         doc["backbone"], doc["data_root"],
     )  # fmt: skip
     ann, tok = dataset_paths(doc["data_root"], doc["dataset"], doc["tokenizer"])

@@ -27,6 +27,13 @@ Paths (DESIGN.md, "Workflow and versioning"):
   small MLM trained once on the training captions and shared by every f-RTD run of the dataset
 - ``results/{suite}/``: ``rasa report`` of the suite (README.md index, tables/, figures/,
   comparison.csv)
+- pre-training (issue #12), when a run starts from ``pretrain.out`` (its weights
+  ``backbones.<name>.pretrained`` or its tokenizer ``checkpoint:`` lie there):
+  ``data/pretrain-corpus/annotations.json`` (``rasa data corpus``), its token cache
+  ``data/pretrain-corpus/tokens-{spec}.npz``, the run ``checkpoints/pretrain/`` and the export
+  ``{pretrain.out}/`` (``model.safetensors``, ``tokenizer.json``, ``metrics.json``: committed,
+  so a fresh clone fine-tunes without pre-training again; the Snakemake rule marks its inputs
+  ``ancient`` for that reason, DVC rebuilds it when a dependency's content changes)
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from rasa.io import write_text
 from rasa.variants import get_variant
 
 CHECKPOINTS = "checkpoints"
+PRETRAIN_RUN = f"{CHECKPOINTS}/pretrain"
 RESULTS = "results"
 GRID_FILE = Path("workflow") / "dvc_grid.yaml"
 
@@ -139,10 +147,76 @@ class Run(_Evaluated):
 
 
 @dataclass(frozen=True)
+class Pretrain:
+    """The pre-training step: corpus -> its token cache -> ``rasa pretrain`` -> export."""
+
+    corpus: str  # the corpus folder (rasa data corpus --out)
+    tokenizer: str  # the corpus tokenizer spec
+    tokens: str  # the corpus token cache
+    export: str  # pretrain.out: the exported model's folder
+    backbone: str = "tiny"  # pretrain.backbone
+    run_dir: str = PRETRAIN_RUN
+
+    @property
+    def annotations(self) -> str:
+        return f"{self.corpus}/annotations.json"
+
+    @property
+    def corpus_outputs(self) -> list[str]:
+        """What ``rasa data corpus`` writes: the annotation table, the images, the meta."""
+        from rasa.data.corpus import IMAGE_DIR, META_FILE
+
+        return [self.annotations, f"{self.corpus}/{IMAGE_DIR}", f"{self.corpus}/{META_FILE}"]
+
+    @property
+    def weights(self) -> str:
+        from rasa.engine.pretrain import EXPORT_WEIGHTS
+
+        return f"{self.export}/{EXPORT_WEIGHTS}"
+
+    @property
+    def tokenizer_file(self) -> str:
+        from rasa.data.tokenizer import TOKENIZER_FILE
+
+        return f"{self.export}/{TOKENIZER_FILE}"
+
+    @property
+    def outputs(self) -> list[str]:
+        """The export's files the DAG tracks (weights, tokenizer, held-out metrics)."""
+        return [self.weights, self.tokenizer_file, f"{self.export}/metrics.json"]
+
+
+def pretrain_step(params: dict[str, Any]) -> Pretrain | None:
+    """The pre-training step of ``params`` (None without ``pretrain.out``)."""
+    section = params.get("pretrain") or {}
+    if not section.get("out"):
+        return None
+    from rasa.engine.pretrain import corpus_dir
+
+    corpus = corpus_dir(params).as_posix()
+    backbone = section.get("backbone", "tiny")
+    tok = section.get("tokenizer") or params["backbones"][backbone]["tokenizer"]
+    _, tokens = dataset_paths(params["data"]["root"], Path(corpus).name, tok)
+    return Pretrain(corpus, tok, str(tokens), str(section["out"]).rstrip("/"), backbone)
+
+
+def checkpoint_tokenizer_file(spec: str) -> str | None:
+    """The file a ``checkpoint:`` tokenizer spec reads (the tokenizer.json beside an export),
+    else None."""
+    from rasa.data.tokenizer import NOSEP, TOKENIZER_FILE
+
+    kind, _, arg = spec.removesuffix(NOSEP).partition(":")
+    if kind != "checkpoint" or not arg:
+        return None
+    return str(Path(arg).parent / TOKENIZER_FILE) if arg.endswith(".safetensors") else arg
+
+
+@dataclass(frozen=True)
 class Plan:
     suite: str
     datasets: dict[str, Dataset]
     runs: dict[str, Run]
+    pretrain: Pretrain | None = None  # set when a run of the suite starts from its export
 
     @property
     def tokens(self) -> dict[str, tuple[str, str]]:
@@ -155,8 +229,10 @@ class Plan:
         return out
 
     def token_source(self, path: str) -> str | None:
-        """The cache whose tokenizer the token cache ``path`` reuses (a transfer's), else None."""
-        return self.tokens[path][1].partition("cache:")[2] or None
+        """The file whose tokenizer the token cache ``path`` reuses: the source cache of a
+        transfer's (``cache:``), a checkpoint's tokenizer (``checkpoint:``), else None."""
+        spec = self.tokens[path][1]
+        return spec.partition("cache:")[2] or checkpoint_tokenizer_file(spec)
 
     @property
     def transfers(self) -> dict[str, Transfer]:
@@ -208,6 +284,9 @@ class Plan:
         out |= set(self.generators)
         out |= set(self.weights)
         out |= set(self.report_outputs)
+        if self.pretrain:
+            p = self.pretrain
+            out |= {*p.corpus_outputs, p.tokens, *p.outputs}
         return out
 
 
@@ -245,7 +324,7 @@ def make_plan(params: dict[str, Any], suite: str | None = None) -> Plan:
         generator = str(generator_path(tokens)) if needs else None
         backbone = exp["backbone"]
         weights = resolve_pretrained(
-            params["backbones"][backbone].get("pretrained"), backbone, root
+            exp.get("pretrained", params["backbones"][backbone].get("pretrained")), backbone, root
         )
         path = weights["path"] if isinstance(weights, dict) else None
         url = (weights["url"], weights["sha256"]) if path and weights["url"] else None
@@ -253,7 +332,13 @@ def make_plan(params: dict[str, Any], suite: str | None = None) -> Plan:
             name, exp["dataset"], backbone, tok, ann, tokens, generator, tuple(transfers),
             path, url,
         )  # fmt: skip
-    return Plan(suite, datasets, runs)
+    plan = Plan(suite, datasets, runs)
+    step = pretrain_step(params)
+    if step is not None:
+        reads = {r.weights for r in runs.values()} | {plan.token_source(t) for t in plan.tokens}
+        if {step.weights, step.tokenizer_file} & reads:
+            return Plan(suite, datasets, runs, step)
+    return plan
 
 
 def _dataset(params: dict[str, Any], name: str, root: str, tokenizer: str) -> Dataset:
@@ -311,8 +396,19 @@ def dvc_grid(plan: Plan) -> dict[str, Any]:
             "metrics": t.metrics, "topk": t.topk}
         for n, t in sorted(plan.transfers.items())
     }  # fmt: skip
+    p = plan.pretrain
+    # keyed by the export's folder name (foreach over an empty mapping: no stage)
+    pretrain = (
+        {Path(p.export).name: {
+            "corpus": p.corpus, "annotations": p.annotations, "tokenizer": p.tokenizer,
+            "backbone": p.backbone, "images": p.corpus_outputs[1], "meta": p.corpus_outputs[2],
+            "tokens": p.tokens, "run_dir": p.run_dir, "export": p.export, "weights": p.weights,
+            "tokenizer_file": p.tokenizer_file, "metrics": p.outputs[2]}}
+        if p else {}
+    )  # fmt: skip
     return {
         "suite": plan.suite,
+        "pretrain": pretrain,
         "synth": synth,
         "fetch": fetched,
         "parse": parse,
@@ -326,6 +422,9 @@ def dvc_grid(plan: Plan) -> dict[str, Any]:
         # one string: DVC cannot interpolate a list into a command
         "report_inputs": " ".join(f for pair in plan.evaluations for f in pair),
         "report_runs": " ".join(r.train_dir for _, r in sorted(plan.runs.items())),
+        "report_pretrained": f"--pretrained {p.export}" if p else "",
+        # the export's held-out metrics (else a repeat of the annotations: DVC allows it)
+        "report_pretrained_dep": p.outputs[2] if p else plan.report_annotations,
     }
 
 

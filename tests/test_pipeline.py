@@ -62,9 +62,12 @@ def make_project(dest: Path) -> Path:
     params["data"]["datasets"]["synth-cuhk"]["ids"] = 12
     params["data"]["datasets"]["synth-icfg"]["ids"] = 12
     for name, variant in zip(EXPERIMENTS, ("cl", "m-rtd"), strict=True):
+        # from scratch, with their own vocabulary: this suite tests the runners, and a run from
+        # the committed pre-trained export would bring the pre-training stages into its DAG
+        # (test_pretrain_dag.py covers those)
         params["experiments"][name] = {
             "dataset": "synth-cuhk", "backbone": "tiny", "variant": variant, "seed": 0,
-            "overrides": dict(TINY),
+            "pretrained": "none", "tokenizer": "wordpiece:2000", "overrides": dict(TINY),
         }  # fmt: skip
     params["experiments"]["ci-m-rtd"]["test_on"] = ["synth-icfg"]
     params["suites"]["ci"] = list(EXPERIMENTS)

@@ -189,10 +189,13 @@ def build_corpus(
     """Draw the corpus into ``out`` (see the module docstring); returns its meta (statistics)."""
     cfg = config or SynthConfig()
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / META_FILE).is_file():
+    ours = (ANNOTATIONS, META_FILE, IMAGE_DIR)  # and the corpus's token caches (tokens-*)
+    others = [p.name for p in out.iterdir() if p.name not in ours and not
+              p.name.startswith("tokens-")] if out.is_dir() else []  # fmt: skip
+    if others and not (out / META_FILE).is_file():
         raise DataError(
-            f"{out}: directory is not empty and holds no {META_FILE}; refusing to write a "
-            "corpus into it. Choose an empty or new --out directory."
+            f"{out}: directory holds {', '.join(sorted(others)[:3])} and no {META_FILE}; "
+            "refusing to write a corpus into it. Choose an empty or new --out directory."
         )
     planned = plan_corpus(spec, cfg)
     items = planned["items"]

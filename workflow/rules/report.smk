@@ -7,6 +7,8 @@ rule report:
         topk=[t for _, t in PLAN.evaluations],
         runs=[f"{r.train_dir}/metrics.json" for r in PLAN.runs.values()],
         annotations=PLAN.report_annotations,
+        # the pre-training the runs start from: its held-out figures and curves
+        pretrained=PLAN.pretrain.outputs[2] if PLAN.pretrain else [],
     output:
         index=PLAN.report,
         comparison=f"{PLAN.report_dir}/comparison.csv",
@@ -22,7 +24,8 @@ rule report:
         suite=PLAN.suite,
         out=lambda w, output: os.path.dirname(output.index),
         runs=[r.train_dir for r in PLAN.runs.values()],
+        pretrained=(f"--pretrained {PLAN.pretrain.export}" if PLAN.pretrain else ""),
     shell:
         "{params.cli} report --results {input.metrics} {input.topk} --out {params.out} "
         "--params {params.params_file} --suite {params.suite} --annotations {input.annotations} "
-        "--runs {params.runs} > {log} 2>&1"
+        "--runs {params.runs} {params.pretrained} > {log} 2>&1"
