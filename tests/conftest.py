@@ -51,7 +51,8 @@ def one_thread():
 
 def micro_sets() -> list[str]:
     """``--set`` items that make the ``tiny`` backbone of params.yaml the registered ``micro``
-    one (its model fields that differ from tiny's, and those params.yaml sets for tiny)."""
+    one (its model fields that differ from tiny's, and those params.yaml sets for tiny), from
+    random weights (params' tiny starts from the pre-trained export, of tiny's sizes)."""
     import json
     from dataclasses import fields
 
@@ -61,7 +62,7 @@ def micro_sets() -> list[str]:
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     set_by_params = set(params["backbones"]["tiny"].get("model", {}))
-    out = []
+    out = ["pretrained=none"]
     for f in fields(MICRO):
         value = getattr(MICRO, f.name)
         if f.name != "name" and (value != getattr(TINY, f.name) or f.name in set_by_params):

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PARAMS = ROOT / "params.yaml"
 
 MICRO = [
-    "model.image_size=[32, 16]", "model.vision_width=32", "model.vision_depth=1",
+    "pretrained=none", "model.image_size=[32, 16]", "model.vision_width=32", "model.vision_depth=1",
     "model.vision_mlp_dim=64", "model.text_width=32", "model.text_heads=2",
     "model.text_intermediate=64", "model.num_layers=2", "model.fusion_layer=1",
     "model.embed_dim=32", "model.queue_size=64", "model.max_position_embeddings=64",

@@ -44,7 +44,16 @@ def test_resolution_order_defaults_backbone_overrides_set(params):
     assert cfg.loss["lambda_cl"] == 0.25  # experiment override
     assert cfg.train.epochs == 7  # --set wins
     assert cfg.model == {**params["backbones"]["tiny"]["model"], "queue_size": 64}  # --set
-    assert cfg.tokens == "data/synth-cuhk/tokens-wordpiece-2000.npz"
+    # tiny's tokenizer: the one recorded beside the pre-trained export
+    assert cfg.tokenizer == "checkpoint:pretrained/synth-tiny/model.safetensors"
+    assert (
+        cfg.tokens
+        == "data/synth-cuhk/tokens-checkpoint-pretrained-synth-tiny-model.safetensors.npz"
+    )
+    # an experiment may start from scratch with its own vocabulary
+    params["experiments"]["x"].update(pretrained="none", tokenizer="wordpiece:2000")
+    cfg = resolve_experiment(params, "x")
+    assert cfg.pretrained == "none" and cfg.tokens == "data/synth-cuhk/tokens-wordpiece-2000.npz"
 
 
 def test_set_values_are_yaml_and_1e_notation_is_a_number():

@@ -322,6 +322,8 @@ def test_pretrained_values_resolve_to_one_form():
     assert fetched == {"path": "data/weights/albef/ALBEF.pth",
                        "url": "https://x.org/a/ALBEF.pth?dl=1", "sha256": "ab" * 32}  # fmt: skip
     cfg = resolve_experiment(load_params(ROOT / "params.yaml"), "synth-cuhk-tiny-cl")
-    assert cfg.pretrained == "none"  # tiny trains from scratch in the synthetic suites
+    # tiny fine-tunes from the committed pre-trained export in the synthetic suites
+    assert cfg.pretrained == {"path": "pretrained/synth-tiny/model.safetensors", "url": None,
+                              "sha256": None}  # fmt: skip
     minilm = create_model("minilm", pretrained="none", vision_depth=1, queue_size=8)
     assert getattr(minilm, "load_report", None) is None  # `none`: nothing loaded

@@ -155,8 +155,10 @@ def build_report(
     annotations: str | Path | None = None,
     n_queries: int = 3,
     training_runs: Sequence[str | Path] | None = None,
+    pretrained: str | Path | None = None,
 ) -> Report:
-    """Collect the metrics files under ``results`` and write every section into ``out``."""
+    """Collect the metrics files under ``results`` and write every section into ``out``;
+    ``pretrained``: the export folder of the pre-training the runs start from."""
     from rasa.report.results import find_metrics_files, load_runs
 
     out = Path(out)
@@ -184,6 +186,9 @@ def build_report(
         d = Path(r.path).parent
         if (d / "curve").is_dir() and d.resolve() not in {x.resolve() for x in run_dirs}:
             run_dirs.append(d)
+    if pretrained:
+        index += pretraining_section(Path(pretrained), out, report)
+    index += reranking_section(runs)
     if run_dirs:
         index += training_runs_section(run_dirs, out, report, compile_pdf)
     index += runs_section(runs, skipped)
@@ -329,20 +334,124 @@ def fig5_section(
     return index
 
 
+def _r1(run: Run, key: str, k: str | None = None) -> str:
+    """A run's R@1 figure (with the number of re-ranked images), or '' when it has none."""
+    if key not in run.values:
+        return ""
+    n = run.get(k) if k else None
+    return f"{run.values[key]:.2f}" + (f" (k={n})" if n is not None else "")
+
+
 def runs_section(runs: Sequence[Run], skipped: Sequence[str]) -> list[str]:
     """One table line per metrics file; the JSON files that are not metrics."""
     index = ["\n## Runs\n"]
     index.append(
-        "| experiment | dataset | backbone | method | variant | seed | split | R@1 | mAP | file |"
+        "R@1 is re-ranked by the ITM head at `eval.k_test` images (k), beside the first stage "
+        "alone and re-ranking at the paper's share of the gallery (`eval.k_test_fraction`, "
+        "at least 10 images); variants without ITM have one stage.\n"
     )
-    index.append("|---|---|---|---|---|---|---|---|---|---|")
+    index.append(
+        "| experiment | dataset | backbone | method | variant | seed | split | R@1 first stage "
+        "| R@1 re-ranked, share | R@1 | mAP | file |"
+    )
+    index.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         cells = [r.get("experiment"), r.dataset, r.get("backbone"), r.method, r.get("variant"),
-                 r.seed, r.get("split", "test"), f"{r.values['r1']:.2f}",
+                 r.seed, r.get("split", "test"), _r1(r, "first_r1"),
+                 _r1(r, "fraction_r1", "fraction_k"), _r1(r, "r1", "k_test"),
                  f"{r.values['mAP']:.2f}", f"`{r.path}`"]  # fmt: skip
         index.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
     if skipped:
         index.append(f"\nNot metrics files (skipped): {', '.join(f'`{s}`' for s in skipped)}")
+    return index
+
+
+def reranking_section(runs: Sequence[Run]) -> list[str]:
+    """Per dataset, backbone and variant (mean ± std over seeds): R@1 of the first stage, and
+    re-ranked by ITM at the paper's share of the gallery and at ``eval.k_test``."""
+    from rasa.report.aggregate import aggregate, dedupe_seeds
+    from rasa.report.latex import fmt_ours
+
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        reranked = "first_r1" in r.values and r.get("k_test")  # variants with ITM
+        if reranked and not r.source_dataset and not r.get("sweep"):
+            key = (r.dataset, r.get("backbone"), r.method, r.get("variant"))
+            groups.setdefault(key, []).append(r)
+    if not groups:
+        return []
+    index = [
+        "\n## First stage vs re-ranked\n",
+        "R@1 on the test split, mean ± std over seeds (n): the first stage alone, re-ranked "
+        "by the ITM head at the paper's share of the gallery (128 of 3,074 images there, "
+        "`eval.k_test_fraction`, at least 10) and at `eval.k_test`; the last two columns are "
+        "the gains over the first stage.\n",
+        "| dataset | backbone | method | variant | n | first stage | re-ranked, share (k) "
+        "| re-ranked, k_test (k) | gain, share | gain, k_test |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (dataset, backbone, method, variant), group in sorted(groups.items(), key=str):
+        group = dedupe_seeds(group)
+
+        def cell(key: str, group: list[Run] = group) -> str:
+            return fmt_ours(aggregate([g.values[key] for g in group if key in g.values]))
+
+        def gain(key: str, group: list[Run] = group) -> str:
+            pairs = [g.values[key] - g.values["first_r1"] for g in group if key in g.values]
+            return fmt_ours(aggregate(pairs)) if pairs else ""
+
+        ks = {k: sorted({str(g.get(k)) for g in group}) for k in ("fraction_k", "k_test")}
+        index.append(
+            f"| {dataset} | {backbone} | {method} | {variant} | {len(group)} | "
+            f"{cell('first_r1')} | {cell('fraction_r1')} ({'/'.join(ks['fraction_k'])}) | "
+            f"{cell('r1')} ({'/'.join(ks['k_test'])}) | {gain('fraction_r1')} | {gain('r1')} |"
+        )
+    return index
+
+
+def pretraining_section(folder: Path, out: Path, report: Report) -> list[str]:
+    """The pre-training the runs start from: held-out figures of its export and its curves."""
+    from rasa.report import curves
+
+    metrics = folder / "metrics.json"
+    if not metrics.is_file():
+        report.notes.append(f"pre-training: {metrics} not found; section skipped")
+        return []
+    m = curves._read_json(metrics)
+    meta = m.get("meta", {})
+
+    def num(value: Any, fmt: str = ".3f") -> str:
+        return format(value, fmt) if isinstance(value, (int, float)) else "--"
+
+    first, frac = m.get("first_stage", {}), m.get("at_fraction", {})
+    index = [
+        "\n## Pre-training\n",
+        f"Every run with weights `{folder}/model.safetensors` starts from this checkpoint: "
+        f"`rasa pretrain` ({meta.get('variant')}, {m.get('step')} steps, seed "
+        f"{meta.get('seed')}, {meta.get('threads')} threads, torch {meta.get('torch')}) on the "
+        "SynthPEDES corpus (`pretrain` in params.yaml). Held-out pairs of the corpus "
+        f"({m.get('num_queries')} captions, {m.get('num_gallery')} images, each image its own "
+        "identity):\n",
+        "| ITM negatives | loss | accuracy |",
+        "|---|---|---|",
+        f"| in batch, as in training | {num(m.get('itm_loss'))} | {num(m.get('itm_acc'))} |",
+        f"| hardest of the gallery | {num(m.get('itm_loss_hardest'))} | "
+        f"{num(m.get('itm_acc_hardest'))} |",
+        f"| one random image | {num(m.get('itm_loss_random'))} | {num(m.get('itm_acc_random'))} |",
+        "",
+        "| R@1 first stage | re-ranked, share (k) | re-ranked, k_test (k) | mAP first / "
+        "re-ranked |",
+        "|---|---|---|---|",
+        f"| {num(first.get('r1'), '.2f')} | {num(frac.get('r1'), '.2f')} ({frac.get('k')}) | "
+        f"{num(m.get('r1'), '.2f')} ({m.get('k')}) | {num(first.get('mAP'), '.2f')} / "
+        f"{num(m.get('mAP'), '.2f')} |",
+    ]
+    run = curves.read_run(folder)
+    if run is not None:
+        stem = out / "figures" / "curves-pretraining"
+        report.outputs += curves.plot_run_curves(run, stem)
+        index.append(f"\nLoss curves per objective and held-out R@1: [`figures/{stem.name}.png`]"
+                     f"(figures/{stem.name}.png)")  # fmt: skip
     return index
 
 

@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", nargs="*", default=None, metavar="DIR",
                    help="training run directories (checkpoints/<experiment>): training curves, "
                    "CMMT pseudo-label quality, validation R@1 per (dataset, backbone)")  # fmt: skip
+    p.add_argument("--pretrained", metavar="DIR",
+                   help="export folder of the pre-training the runs start from (`rasa "
+                   "pretrain --export`): its held-out figures and curves")  # fmt: skip
     p.set_defaults(func=_report)
 
 
@@ -73,6 +76,7 @@ def _report(args: argparse.Namespace) -> int:
         annotations=args.annotations,
         n_queries=args.queries,
         training_runs=args.runs,
+        pretrained=args.pretrained,
     )
     print(f"report: {len(made.outputs)} files in {args.out} (index: {made.readme})")
     for note in made.notes:

@@ -114,12 +114,24 @@ def run_from_record(record: Any, path: str | Path = "<record>") -> Run:
                 values[f"tr_{k}"] = float(i2t[k])
         if record.get("ap50") is not None:
             values["ir_ap50"] = float(record["ap50"])
+        # the two-stage figures (rasa evaluate): first stage alone, re-ranked at the share of
+        # the gallery (eval.k_test_fraction); r1 itself is re-ranked at k_test
+        for name, key in (("first_stage", "first_r1"), ("at_fraction", "fraction_r1")):
+            part = record.get(name)
+            if isinstance(part, dict) and part.get("r1") is not None:
+                values[key] = float(part["r1"])
     except (TypeError, ValueError) as exc:
         raise DataError(f"{path}: a metric is not a number ({exc}).") from exc
     for k, v in values.items():
         if not 0.0 <= v <= 100.0:
             raise DataError(f"{path}, key {k!r}: {v} is not a percentage in [0, 100].")
-    return Run(values=values, meta=dict(meta), path=str(path))
+    meta = dict(meta)
+    if isinstance(record.get("k"), int):
+        meta.setdefault("k_test", record["k"])
+    fraction = record.get("at_fraction")
+    if isinstance(fraction, dict) and isinstance(fraction.get("k"), int):
+        meta.setdefault("fraction_k", fraction["k"])
+    return Run(values=values, meta=meta, path=str(path))
 
 
 def find_metrics_files(dirs: Sequence[str | Path], pattern: str = "**/*.json") -> list[Path]:
