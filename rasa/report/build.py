@@ -339,7 +339,7 @@ def _r1(run: Run, key: str, k: str | None = None) -> str:
     if key not in run.values:
         return ""
     n = run.get(k) if k else None
-    return f"{run.values[key]:.2f}" + (f" (k={n})" if n is not None else "")
+    return f"{run.values[key]:.2f}" + (f" (k={n})" if n else "")
 
 
 def runs_section(runs: Sequence[Run], skipped: Sequence[str]) -> list[str]:
@@ -370,7 +370,12 @@ def reranking_section(runs: Sequence[Run]) -> list[str]:
     """Per dataset, backbone and variant (mean ± std over seeds): R@1 of the first stage, and
     re-ranked by ITM at the paper's share of the gallery and at ``eval.k_test``."""
     from rasa.report.aggregate import aggregate, dedupe_seeds
-    from rasa.report.latex import fmt_ours
+
+    def fmt(values: list[float]) -> str:
+        c = aggregate(values)
+        if c is None:
+            return "--"
+        return f"{c.mean:.2f}" + (f" ± {c.std:.2f}" if c.std is not None else "")
 
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
@@ -394,11 +399,10 @@ def reranking_section(runs: Sequence[Run]) -> list[str]:
         group = dedupe_seeds(group)
 
         def cell(key: str, group: list[Run] = group) -> str:
-            return fmt_ours(aggregate([g.values[key] for g in group if key in g.values]))
+            return fmt([g.values[key] for g in group if key in g.values])
 
         def gain(key: str, group: list[Run] = group) -> str:
-            pairs = [g.values[key] - g.values["first_r1"] for g in group if key in g.values]
-            return fmt_ours(aggregate(pairs)) if pairs else ""
+            return fmt([g.values[key] - g.values["first_r1"] for g in group if key in g.values])
 
         ks = {k: sorted({str(g.get(k)) for g in group}) for k in ("fraction_k", "k_test")}
         index.append(
