@@ -283,3 +283,30 @@ def test_git_commit_ignores_what_the_dag_writes_and_warns_on_code(tmp_path, caps
     (tmp_path / "params.yaml").write_text("b\n")
     assert git_commit(tmp_path) == head + "-dirty"
     assert "params.yaml" in capsys.readouterr().err
+
+
+def test_first_stage_vs_reranked_table_and_run_columns():
+    """Per variant over seeds: first stage, re-ranked at the share of the gallery and at k_test,
+    and the gains; one-stage variants (cl, k = 0) are left out; the runs table has both."""
+    from rasa.report.build import reranking_section, runs_section
+
+    def two_stage(seed, first, share, at_k, variant="m-rtd", k=128):
+        rec = record(r1=at_k, seed=seed, variant=variant)
+        rec.update(k=k, first_stage={"r1": first})
+        if k:  # rasa evaluate re-ranks at the share only with an ITM head
+            rec["at_fraction"] = {"r1": share, "k": 10}
+        return run_from_record(rec, f"{variant}-{seed}.json")
+
+    runs = [two_stage(0, 40.0, 44.0, 43.0), two_stage(1, 42.0, 43.0, 46.0),
+            two_stage(0, 47.0, 47.0, 47.0, variant="cl", k=0)]  # fmt: skip
+    table = "\n".join(reranking_section(runs))
+    row = next(line for line in table.splitlines() if "| m-rtd |" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4] == "2"  # n
+    assert cells[5] == "41.00 ± 1.41"  # first stage
+    assert cells[6] == "43.50 ± 0.71 (10)" and cells[7] == "44.50 ± 2.12 (128)"
+    assert cells[8] == "2.50 ± 2.12" and cells[9] == "3.50 ± 0.71"  # gains
+    assert "| cl |" not in table
+    runs_md = "\n".join(runs_section(runs, []))
+    assert "| 40.00 | 44.00 (k=10) | 43.00 (k=128) |" in runs_md
+    assert "| 47.00 |  | 47.00 |" in runs_md  # cl: one stage, no k
