@@ -49,16 +49,31 @@ def run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedPr
     return proc
 
 
-def make_project(dest: Path) -> Path:
+def copy_tracked(dest: Path, skip: tuple[str, ...] = ("tests/", "results/")) -> dict:
+    """Copy the repository's tracked files (but ``skip``) into ``dest``; its params."""
     files = subprocess.run(
         ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
     for f in files:
-        if f.startswith(("tests/", "results/")) or not (REPO / f).exists():
+        if f.startswith(skip) or not (REPO / f).exists():
             continue
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / f, dest / f)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
+    return yaml.safe_load((dest / "params.yaml").read_text())
+
+
+def commit_project(dest: Path, params: dict) -> Path:
+    """Write ``params``, regenerate the DVC grid and commit everything in a new git repo."""
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([sys.executable, "-m", "rasa", "workflow", "dvc-grid"], dest)
+    run(["git", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "ci project"], dest)
+    return dest
+
+
+def make_project(dest: Path) -> Path:
+    params = copy_tracked(dest)
     params["data"]["datasets"]["synth-cuhk"]["ids"] = 12
     params["data"]["datasets"]["synth-icfg"]["ids"] = 12
     for name, variant in zip(EXPERIMENTS, ("cl", "m-rtd"), strict=True):
@@ -72,12 +87,7 @@ def make_project(dest: Path) -> Path:
     params["experiments"]["ci-m-rtd"]["test_on"] = ["synth-icfg"]
     params["suites"]["ci"] = list(EXPERIMENTS)
     params["suite"] = "ci"
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run([sys.executable, "-m", "rasa", "workflow", "dvc-grid"], dest)
-    run(["git", "init", "-q"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "ci project"], dest)
-    return dest
+    return commit_project(dest, params)
 
 
 def metrics(project: Path) -> dict[str, dict]:

@@ -15,28 +15,18 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import BIN, REPO, run
+from test_pipeline import BIN, commit_project, copy_tracked, run
 
 EXPORT = "pretrained/test-tiny"
 FILES = ("model.safetensors", "tokenizer.json")
 
 
 def make_project(dest: Path) -> Path:
-    files = subprocess.run(
-        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for f in files:
-        if f.startswith(("tests/", "results/", "pretrained/")) or not (REPO / f).exists():
-            continue
-        (dest / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / f, dest / f)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params = copy_tracked(dest, skip=("tests/", "results/", "pretrained/"))
     params["data"]["datasets"]["synth-cuhk"]["ids"] = 12
     pre = params["pretrain"]
     pre.update(out=EXPORT, tokenizer="wordpiece:300", threads=1)
@@ -54,12 +44,7 @@ def make_project(dest: Path) -> Path:
     }  # fmt: skip
     params["suites"]["ci"] = ["ci-cl"]
     params["suite"] = "ci"
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run([sys.executable, "-m", "rasa", "workflow", "dvc-grid"], dest)
-    run(["git", "init", "-q"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "ci project"], dest)
-    return dest
+    return commit_project(dest, params)
 
 
 def export_bytes(project: Path) -> dict[str, bytes]:
