@@ -26,6 +26,7 @@ from rasa.config import load_params, resolve_experiment
 ROOT = Path(__file__).resolve().parent.parent
 IDS, TEST_FRACTION, VAL_FRACTION = 400, 0.3, 0.1
 RECIPE = [
+    "pretrained=none", "tokenizer=wordpiece:1000",  # from scratch (params' tiny is pre-trained)
     "variant=cl", "model.image_size=[64, 32]", "model.queue_size=256", "train.lr=1e-3",
     "train.lr_new=1e-3", "loss.alpha=0", "train.batch_size=64", "train.epochs=30",
     "train.eval_every_epochs=10", "train.num_workers=0", "train.ckpt_every_steps=0",
