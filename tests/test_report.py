@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,6 +18,7 @@ from rasa.report.curves import plot_run_curves, read_curves, read_run
 from rasa.report.latex import latex_escape, method_label, render_table
 from rasa.report.paper import CSV_PATH, FIG4, KEY, load_paper_results, paper_value, table_frame
 from rasa.report.results import (
+    Run,
     dataset_key,
     find_metrics_files,
     load_runs,
@@ -196,7 +198,7 @@ def test_fig4_fig5_written(tmp_path):
     _images(tmp_path / "imgs")
     doc = _topk(tmp_path / "imgs")
     paths += figures.plot_fig5([("a", doc), ("b", doc)], tmp_path / "fig5", tmp_path / "imgs")
-    assert [p.suffix for p in paths] == [".png", ".pdf"] * 2
+    assert [p.suffix for p in paths] == [".png", ".pdf", ".png"]  # Fig. 5: photographs, no PDF
     assert all(p.stat().st_size > 1000 for p in paths)
     doc["queries"][0]["topk_images"][0] = "missing.png"
     with pytest.raises(DataError, match="missing.png"):
@@ -310,3 +312,24 @@ def test_first_stage_vs_reranked_table_and_run_columns():
     runs_md = "\n".join(runs_section(runs, []))
     assert "| 40.00 | 44.00 (k=10) | 43.00 (k=128) |" in runs_md
     assert "| 47.00 |  | 47.00 |" in runs_md  # cl: one stage, no k
+
+
+def test_fig5_draws_the_first_seed_of_each_variant_and_no_sweep_point():
+    from rasa.report.build import Report, fig5_runs
+
+    def run(name, **meta):
+        meta = {"dataset": "synth-cuhk-300", "backbone": "tiny", "variant": "m-rtd", **meta}
+        return Run(values={"r1": 1.0}, meta=meta, path=f"results/metrics/{name}.json")
+
+    runs = [
+        run("m-seed1", seed=1), run("m-seed0", seed=0), run("cl-seed2", seed=2, variant="cl"),
+        run("sweep", seed=0, sweep={"param": "p_w", "value": 0.3}),
+        run("m-seed0--on-icfg", seed=0, dataset="synth-icfg-300",
+            source_dataset="synth-cuhk-300"),
+    ]  # fmt: skip
+    names = ["m-seed1", "m-seed0", "cl-seed2", "sweep", "m-seed0--on-icfg", "no-metrics"]
+    report = Report(readme=Path("README.md"))
+    chosen = fig5_runs([(n, Path(f"results/topk/{n}.json")) for n in names], runs, report)
+    assert [label for label, _ in chosen] == ["m-seed0", "cl-seed2", "m-seed0--on-icfg",
+                                              "no-metrics"]  # fmt: skip
+    assert len(report.notes) == 1 and "m-seed1, sweep" in report.notes[0]

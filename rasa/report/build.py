@@ -179,7 +179,8 @@ def build_report(
         f for f in skipped if Path(f).name.startswith("topk") or Path(f).parent.name == "topk"
     ]
     topk_files = _parse_topk_args(topk, topk_found if topk is None else [])
-    index += fig5_section(topk_files, fig_dir, report, annotations, n_queries)
+    index += fig5_section(fig5_runs(topk_files, runs, report), fig_dir, report, annotations,
+                          n_queries)  # fmt: skip
     # training runs: the named ones, and any run directory a metrics file sits in
     run_dirs = [Path(d) for d in training_runs or []]
     for r in runs:
@@ -275,6 +276,33 @@ def fig4_section(runs: Sequence[Run], fig_dir: Path, report: Report) -> list[str
         index.append(f"- Fig. 4 ({', '.join(str(k) for k in key if k)}): "
                      f"[`figures/{stem}.png`](figures/{stem}.png)")  # fmt: skip
     return index
+
+
+def fig5_runs(
+    topk_files: Sequence[tuple[str, Path]], runs: Sequence[Run], report: Report
+) -> list[tuple[str, Path]]:
+    """The top-k files Fig. 5 draws: as the paper, one model per row, so one run per dataset,
+    backbone, method and variant (its first seed) and no sweep point. A top-k file without a
+    metrics file of the same name is drawn. The others are named in a note."""
+    by_stem = {Path(r.path).stem: r for r in runs}
+    first: dict[tuple, tuple[Any, str]] = {}
+    for label, _ in topk_files:
+        run = by_stem.get(label)
+        if run is None or run.get("sweep"):
+            continue
+        key = (run.dataset, run.get("backbone"), run.method, run.get("variant"))
+        rank = (run.get("seed", 0), label)
+        if key not in first or rank < first[key]:
+            first[key] = rank
+    keep = {label for _, label in first.values()}
+    chosen = [(lb, path) for lb, path in topk_files if lb in keep or lb not in by_stem]
+    left = [lb for lb, _ in topk_files if lb not in keep and lb in by_stem]
+    if left:
+        report.notes.append(
+            f"Fig. 5 draws the first seed of each dataset, backbone, method and variant; not "
+            f"drawn ({len(left)} top-k files, other seeds and sweep points): {', '.join(left)}"
+        )
+    return chosen
 
 
 def fig5_section(

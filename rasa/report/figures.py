@@ -219,4 +219,5 @@ def plot_fig5(
                 _show_image(ax, root / q["topk_images"][j], correct, j + 1)
             if n_rows > 1 or label:
                 axes[row, 0].set_ylabel(label, fontsize=8)
-    return save_figure(fig, out_stem)
+    # photographs only: a PDF would embed the same pixels again (about 1 MB per figure)
+    return save_figure(fig, out_stem, formats=("png",))
