@@ -333,3 +333,11 @@ def test_fig5_draws_the_first_seed_of_each_variant_and_no_sweep_point():
     assert [label for label, _ in chosen] == ["m-seed0", "cl-seed2", "m-seed0--on-icfg",
                                               "no-metrics"]  # fmt: skip
     assert len(report.notes) == 1 and "m-seed1, sweep" in report.notes[0]
+
+
+def test_saved_figures_are_the_same_bytes_on_a_rerun(tmp_path):
+    runs = [run_from_record(record(r1=float(v * 10), sweep={"param": "lambda3", "value": v}))
+            for v in (0.1, 0.5)]  # fmt: skip
+    first = [p.read_bytes() for p in figures.plot_fig4(runs, tmp_path / "a")]
+    again = [p.read_bytes() for p in figures.plot_fig4(runs, tmp_path / "a")]
+    assert first == again and b"CreationDate" not in first[1]

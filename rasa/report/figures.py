@@ -42,7 +42,9 @@ def save_figure(fig: plt.Figure, out_stem: str | Path, formats: Sequence[str] = 
     for fmt in formats:
         dest = Path(f"{out_stem}.{fmt}")
         with atomic_path(dest, suffix=f".{fmt}") as tmp:
-            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+            # no creation date in a PDF: the same figure gives the same bytes on a rerun
+            meta = {"CreationDate": None} if fmt == "pdf" else None
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight", metadata=meta)
         paths.append(dest)
     plt.close(fig)
     return paths
