@@ -291,7 +291,7 @@ def fig5_runs(
         if run is None or run.get("sweep"):
             continue
         key = (run.dataset, run.get("backbone"), run.method, run.get("variant"))
-        rank = (run.get("seed", 0), label)
+        rank = (int(run.get("seed") or 0), label)  # a record without a seed ranks as seed 0
         if key not in first or rank < first[key]:
             first[key] = rank
     keep = {label for _, label in first.values()}
