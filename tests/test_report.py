@@ -314,6 +314,28 @@ def test_first_stage_vs_reranked_table_and_run_columns():
     assert "| 47.00 |  | 47.00 |" in runs_md  # cl: one stage, no k
 
 
+def test_runs_table_names_a_transfer_after_its_files():
+    """A cross-dataset evaluation is not listed under its source experiment's bare name."""
+    from rasa.report.build import runs_section
+
+    meta = {
+        "experiment": "icfg-m-rtd-seed0",
+        "dataset": "synth-cuhk-300",
+        "backbone": "tiny",
+        "variant": "m-rtd",
+        "seed": 0,
+    }
+    own = Run(values={"r1": 30.0, "mAP": 25.0}, meta={**meta, "dataset": "synth-icfg-300"})
+    moved = Run(values={"r1": 60.0, "mAP": 50.0}, meta={**meta, "source_dataset": "synth-icfg-300"})
+    assert own.name == "icfg-m-rtd-seed0"
+    assert moved.name == "icfg-m-rtd-seed0--on-synth-cuhk-300"
+    rows = [line for line in runs_section([own, moved], []) if line.startswith("| icfg")]
+    assert rows[0].startswith("| icfg-m-rtd-seed0 | synth-icfg-300 |")
+    assert rows[1].startswith(
+        "| icfg-m-rtd-seed0--on-synth-cuhk-300 | synth-icfg-300->synth-cuhk-300 |"
+    )
+
+
 def test_fig5_draws_the_first_seed_of_each_variant_and_no_sweep_point():
     from rasa.report.build import Report, fig5_runs
 

@@ -384,7 +384,7 @@ def runs_section(runs: Sequence[Run], skipped: Sequence[str]) -> list[str]:
     )
     index.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
-        cells = [r.get("experiment"), r.dataset, r.get("backbone"), r.method, r.get("variant"),
+        cells = [r.name, r.dataset, r.get("backbone"), r.method, r.get("variant"),
                  r.seed, r.get("split", "test"), _r1(r, "first_r1"),
                  _r1(r, "fraction_r1", "fraction_k"), _r1(r, "r1", "k_test"),
                  f"{r.values['mAP']:.2f}", f"`{r.path}`"]  # fmt: skip

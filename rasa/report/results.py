@@ -67,6 +67,17 @@ class Run:
         return f"{src}->{target}" if src and src != target else target
 
     @property
+    def name(self) -> str | None:
+        """The evaluation's name: the experiment, or ``<experiment>--on-<target>`` for a
+        cross-dataset run (as its files are named, rasa/workflow.py ``Transfer.name``)."""
+        experiment = self.meta.get("experiment")
+        target = self.meta.get("dataset")
+        src = self.source_dataset
+        if experiment and src and target and src != target:
+            return f"{experiment}--on-{target}"
+        return experiment
+
+    @property
     def dataset_key(self) -> str | None:
         target = dataset_key(self.meta.get("dataset"))
         src = dataset_key(self.source_dataset)
