@@ -261,13 +261,17 @@ def itm_loss(pos_logits: Tensor, neg_logits: Tensor, pos_keep: Tensor | None = N
     logits = torch.cat([pos_logits, neg_logits], dim=0)
     if logits.shape[0] == 0:
         return pos_logits.sum() * 0.0
-    labels = torch.cat(
+    return F.cross_entropy(logits, itm_labels(pos_logits.shape[0], neg_logits.shape[0], logits))
+
+
+def itm_labels(n_pos: int, n_neg: int, like: Tensor) -> Tensor:
+    """ITM targets of ``n_pos`` positive then ``n_neg`` negative pairs (on ``like``'s device)."""
+    return torch.cat(
         [
-            torch.ones(pos_logits.shape[0], dtype=torch.long, device=logits.device),
-            torch.zeros(neg_logits.shape[0], dtype=torch.long, device=logits.device),
+            torch.ones(n_pos, dtype=torch.long, device=like.device),
+            torch.zeros(n_neg, dtype=torch.long, device=like.device),
         ]
     )
-    return F.cross_entropy(logits, labels)
 
 
 def prd_loss(prd_logits: Tensor, replace: Tensor) -> Tensor:
@@ -409,6 +413,25 @@ def rtd_loss(rtd_logits: Tensor, labels: Tensor) -> Tensor:
     if not bool(flat.ne(IGNORE_INDEX).any()):
         return rtd_logits.sum() * 0.0
     return F.cross_entropy(rtd_logits.reshape(-1, 2).float(), flat, ignore_index=IGNORE_INDEX)
+
+
+# ---------------------------------------------------------------------------------------------
+# diagnostics of the binary heads (ITM, PRD, RTD): logged beside the losses, never optimised
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def head_accuracy(name: str, logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    """``acc_<name>``: the share of counted targets (``labels`` != -100) that the two-class
+    head's argmax gets right; ``base_<name>``: the share of the commoner class among them, what
+    one constant answer scores (a head at its prior has acc = base). NaN when none count."""
+    flat = labels.reshape(-1)
+    keep = flat.ne(IGNORE_INDEX)
+    pred = logits.detach().reshape(flat.numel(), -1).argmax(dim=-1)
+    n = keep.sum().float()
+    ones = (flat.eq(1) & keep).sum().float()
+    return {
+        f"acc_{name}": (pred.eq(flat) & keep).sum().float() / n,
+        f"base_{name}": torch.maximum(ones, n - ones) / n,
+    }
 
 
 # ---------------------------------------------------------------------------------------------

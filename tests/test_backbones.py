@@ -64,7 +64,7 @@ def test_every_backbone_builds_and_runs_a_full_rasa_step(name):
         model, batch_for(model.config), get_variant(FULL), LossConfig(tokens=TOK), 0.4, None,
         torch.Generator().manual_seed(0),
     )  # fmt: skip
-    assert set(losses) == {*get_variant(FULL).loss_names, "loss"}
+    assert {k for k in losses if k.startswith("loss")} == {*get_variant(FULL).loss_names, "loss"}
     assert all(torch.isfinite(v) for v in losses.values())
     losses["loss"].backward()
     assert model.itm_head.weight.grad is not None

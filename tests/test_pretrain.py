@@ -171,7 +171,7 @@ def test_random_negatives_and_itc_without_imc() -> None:
     cfg = LossConfig(lambda_cl=1.0, p_weak=0.0, itm_negatives="random")
     out = compute_losses(model, batch, get_variant("itc-itm"), cfg, 0.0, None,
                          torch.Generator().manual_seed(0))  # fmt: skip
-    assert set(out) == {"loss_cl", "loss_itm", "loss"}
+    assert set(out) == {"loss_cl", "loss_itm", "loss", "acc_itm", "base_itm"}
     assert torch.isfinite(out["loss"])
     with pytest.raises(Exception, match="itm_negatives"):
         LossConfig(itm_negatives="easy")

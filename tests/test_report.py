@@ -14,7 +14,7 @@ from rasa.cli import main
 from rasa.errors import DataError
 from rasa.report import figures
 from rasa.report.aggregate import aggregate, build_our_tables
-from rasa.report.curves import plot_run_curves, read_curves, read_run
+from rasa.report.curves import head_accuracy_by_epoch, plot_run_curves, read_curves, read_run
 from rasa.report.latex import latex_escape, method_label, render_table
 from rasa.report.paper import CSV_PATH, FIG4, KEY, load_paper_results, paper_value, table_frame
 from rasa.report.results import (
@@ -207,7 +207,9 @@ def test_fig4_fig5_written(tmp_path):
 
 def test_read_curves(tmp_path):
     (tmp_path / "curve").mkdir()
-    (tmp_path / "curve" / "train.csv").write_text("step,loss,loss_cl\n1,2.0,1.0\n2,1.5,0.8\n")
+    (tmp_path / "curve" / "train.csv").write_text(
+        "step,loss,loss_cl,acc_itm,base_itm\n1,2.0,1.0,0.5,0.667\n2,1.5,0.8,nan,nan\n"
+    )
     (tmp_path / "metrics.json").write_text(json.dumps({"val_curve": [{"epoch": 1, "r1": 5.0}]}))
     tsv = tmp_path / "curve" / "plots" / "metrics" / "train" / "loss_itm.tsv"  # dvclive layout
     tsv.parent.mkdir(parents=True)
@@ -217,7 +219,9 @@ def test_read_curves(tmp_path):
     assert curves["train/loss"] == [(1.0, 2.0), (2.0, 1.5)]
     assert curves["val/r1 (per epoch)"] == [(1.0, 5.0)]
     run = read_run(tmp_path)
-    assert plot_run_curves(run, tmp_path / "c")[0].stat().st_size > 1000
+    assert plot_run_curves(run, tmp_path / "c")[0].stat().st_size > 1000  # with a 4th panel
+    # no evaluation step to tell epochs apart: one bin; NaN steps (nothing counted) skipped
+    assert head_accuracy_by_epoch(run) == {"itm": [(1, 0.5, 0.667)]}
 
 
 # ---- CLI ----------------------------------------------------------------------------------------

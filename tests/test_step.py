@@ -18,7 +18,7 @@ from rasa.models.generator import (
     load_generator,
     train_generator,
 )
-from rasa.objectives import LossConfig, SpecialTokens, total_loss
+from rasa.objectives import IGNORE_INDEX, LossConfig, SpecialTokens, head_accuracy, total_loss
 from rasa.variants import Variant, get_variant, list_variants
 
 TOK = SpecialTokens(pad=0, cls=1, sep=2, mask=3)
@@ -98,8 +98,13 @@ def run(model, variant, alpha=0.4, batch=None, generator=None, seed=0):
 def test_variant_computes_exactly_its_losses(name):
     variant = get_variant(name)
     losses = run(make_model(), variant)
-    assert set(losses) == {*variant.loss_names, "loss"}
+    assert {k for k in losses if k.startswith("loss")} == {*variant.loss_names, "loss"}
     assert all(torch.isfinite(v) for v in losses.values())
+    heads = {"itm": variant.itm is not None, "prd": variant.prd, "rtd": variant.rtd is not None}
+    expected = {f"{kind}_{h}" for h, on in heads.items() if on for kind in ("acc", "base")}
+    assert {k for k in losses if not k.startswith("loss")} == expected
+    assert all(0.0 <= losses[k].item() <= 1.0 for k in expected)
+    assert all(not losses[k].requires_grad for k in expected)
     parts = {k: v for k, v in losses.items() if k != "loss"}
     assert losses["loss"].item() == pytest.approx(total_loss(parts, LossConfig()).item())
 
@@ -297,7 +302,7 @@ def test_custom_variant_without_cl_skips_momentum_and_queue():
     model = make_model()
     before = model.queue_ptr.clone()
     losses = run(model, Variant("itm-only", "ITM", "test", itm="itm", cl=False))
-    assert set(losses) == {"loss_itm", "loss"}
+    assert {k for k in losses if k.startswith("loss")} == {"loss_itm", "loss"}
     assert torch.equal(model.queue_ptr, before)
 
 
@@ -446,3 +451,15 @@ def test_batched_momentum_pass_equals_separate_passes():
         ref = model.mlm_logits(hidden, pb, momentum=True)
     assert torch.allclose(a, a1, atol=1e-5) and torch.allclose(b, b1, atol=1e-5)
     assert torch.allclose(b, ref, atol=1e-5)
+
+
+def test_head_accuracy_counts_labelled_targets_against_the_commoner_class():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [5.0, 0.0]])
+    labels = torch.tensor([0, 1, 0, IGNORE_INDEX])  # the last one is not counted
+    out = head_accuracy("x", logits, labels)
+    assert out["acc_x"].item() == pytest.approx(2 / 3)
+    assert out["base_x"].item() == pytest.approx(2 / 3)  # two of the three counted are class 0
+    tokens = head_accuracy("t", logits.view(2, 2, 2), labels.view(2, 2))  # [B, L, 2] like RTD
+    assert tokens["acc_t"].item() == pytest.approx(2 / 3)
+    none = head_accuracy("n", logits, torch.full((4,), IGNORE_INDEX))
+    assert torch.isnan(none["acc_n"]) and torch.isnan(none["base_n"])

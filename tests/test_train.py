@@ -73,8 +73,18 @@ def test_train_writes_outputs_and_resumes_exactly_after_sigterm(data, tmp_path, 
     assert len(written["val_curve"]) == 2 and written["selected"]["metric"] == "r1"
     header = (out / "curve/train.csv").read_text().splitlines()[0].split(",")
     for key in ("loss", "loss_cl", "loss_itm", "loss_prd", "loss_mlm", "loss_rtd", "lr",
-                "temperature"):  # fmt: skip
+                "temperature", "acc_itm", "base_itm", "acc_prd", "base_prd", "acc_rtd",
+                "base_rtd"):  # fmt: skip
         assert key in header
+    # the report reads the heads' accuracy per epoch from the same run directory
+    from rasa.report.curves import head_accuracy_by_epoch, head_accuracy_markdown, read_run
+
+    heads = head_accuracy_by_epoch(read_run(out))
+    assert set(heads) == {"itm", "prd", "rtd"}
+    epochs = [e for e, _, _ in heads["itm"]]
+    assert epochs == list(range(1, len(written["val_curve"]) + 1))
+    assert all(0 <= a <= 1 and 0.5 <= b <= 1 for rows in heads.values() for _, a, b in rows)
+    assert "| m-rtd | RTD | 1 |" in head_accuracy_markdown([read_run(out)])
 
     # `rasa evaluate` on the selected checkpoint reproduces the test figures of metrics.json.
     from rasa.cli import main

@@ -14,6 +14,11 @@ Paper §3.2 (eq. 11: L = L_itm + λ1 L_prd + L_mlm + λ2 L_rtd + λ3 L_cl), in t
    from the original"; the online MLM and RTD stacks run in one batched call;
 6. enqueue the momentum features and person ids.
 
+Beside the losses it returns the training accuracy of the ITM, PRD and RTD heads and what a
+constant answer scores (``acc_<head>``, ``base_<head>``; :func:`rasa.objectives.head_accuracy`),
+computed from the logits the losses use, without gradients: whether each head learns beyond its
+prior is then read from the training curves.
+
 Where the official code wastes work this step does not: image cross-attention keys/values are
 computed once per image and gathered for every pair; vocabulary logits exist only at the
 positions that need them; per-token work runs on real tokens only, never on padding (not
@@ -37,6 +42,8 @@ from rasa.models.rasa_model import gather_image_kv
 from rasa.objectives import (
     LossConfig,
     contrastive_loss,
+    head_accuracy,
+    itm_labels,
     itm_loss,
     mask_tokens,
     mlm_distill_loss,
@@ -229,9 +236,15 @@ def _relation_aware(
     if variant.itm is not None:
         logits = model.itm_logits(fused)
         keep = replace.eq(0) if variant.itm == "s-itm" else None
-        out["loss_itm"] = itm_loss(logits[:bsz], logits[bsz : bsz + n_neg_img + n_neg_txt], keep)
+        pos, neg = logits[:bsz], logits[bsz : bsz + n_neg_img + n_neg_txt]
+        out["loss_itm"] = itm_loss(pos, neg, keep)
+        pos = pos if keep is None else pos[keep]
+        both = torch.cat([pos, neg])
+        out.update(head_accuracy("itm", both, itm_labels(pos.shape[0], neg.shape[0], both)))
     if variant.prd:
-        out["loss_prd"] = prd_loss(model.prd_logits(fused[:bsz]), replace)
+        prd = model.prd_logits(fused[:bsz])
+        out["loss_prd"] = prd_loss(prd, replace)
+        out.update(head_accuracy("prd", prd, replace.long()))
     return out
 
 
@@ -322,7 +335,9 @@ def _sensitivity_aware(
             )
         out["loss_mlm"] = mlm_with_distill(hard, distill, alpha)
     if variant.rtd is not None:
-        out["loss_rtd"] = rtd_loss(model.rtd_logits(hidden[-bsz:]), rtd_lab)
+        rtd = model.rtd_logits(hidden[-bsz:])
+        out["loss_rtd"] = rtd_loss(rtd, rtd_lab)
+        out.update(head_accuracy("rtd", rtd, rtd_lab))
     return out
 
 

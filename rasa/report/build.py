@@ -555,6 +555,16 @@ def training_runs_section(
         report.outputs += curves.plot_val_r1(group, out / "figures" / stem, title)
         index.append(f"- Validation R@1 of {labels} on {dataset} / {backbone}: "
                      f"[`figures/{stem}.png`](figures/{stem}.png)")  # fmt: skip
+    for (dataset, backbone), group in curves.by_context(loaded).items():
+        table = curves.head_accuracy_markdown(group)
+        if table:
+            index.append(
+                f"\n### Head accuracy per epoch: {dataset} / {backbone}\n\n"
+                "Training accuracy (%) of the ITM, PRD and RTD heads, the mean over each "
+                "epoch's logged steps and over the variant's runs; in parentheses what one "
+                "constant answer scores on the same targets. A head at its parenthesis has "
+                "learnt nothing.\n\n" + table + "\n"
+            )
     return index
 
 

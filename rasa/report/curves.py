@@ -6,7 +6,9 @@ rasa/weak/train.py):
 - ``curve/plots/metrics/train/<key>.tsv`` (dvclive; columns ``step``, ``<key>``) with keys
   ``loss``, ``loss_<objective>`` (``loss_cl``, ``loss_itm``, ``loss_prd``, ``loss_mlm``,
   ``loss_rtd``; CMMT: ``loss_cl``, ``loss_cmpm``, ``loss_mine``), ``lr``, ``alpha``,
-  ``temperature``; ``curve/plots/metrics/val/<key>.tsv`` per evaluation (``r1`` ...,
+  ``temperature``, and per binary head (``itm``, ``prd``, ``rtd``) ``acc_<head>`` and
+  ``base_<head>`` (training accuracy, and what a constant answer scores:
+  rasa/objectives.py ``head_accuracy``); ``curve/plots/metrics/val/<key>.tsv`` per evaluation (``r1`` ...,
   ``first_stage_r1`` ...). Without dvclive: ``curve/train.csv`` and ``curve/eval.jsonl``.
 - ``metrics.json`` (written at the end of training): ``val_curve`` = ``[{"epoch", "step",
   "r1", ...}]``, ``meta``; CMMT adds ``pseudo_labels`` = one record per re-clustering,
@@ -17,7 +19,9 @@ rasa/weak/train.py):
 - ``config.yaml``: ``name``, ``dataset``, ``backbone``, ``variant``, ``seed``, ``method``.
 
 Per run: a curves figure (losses per objective, lr and temperature, validation R@1 per
-evaluation); per CMMT run a pseudo-label figure (ARI per epoch, MPLR rescues) and table
+evaluation, head accuracy when logged); per (dataset, backbone) a table of the heads' training
+accuracy per epoch and variant (mean over seeds; issue #12's per-objective diagnostics); per
+CMMT run a pseudo-label figure (ARI per epoch, MPLR rescues) and table
 (markdown and LaTeX); per (dataset, backbone) a figure of every run's validation R@1.
 """
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +44,7 @@ from rasa.report.latex import OURS_COLOR, PREAMBLE_PACKAGES, latex_escape
 
 Points = list[tuple[float, float]]
 MODALITIES = ("image", "text", "pair")
+HEADS = ("itm", "prd", "rtd")  # the binary heads whose training accuracy is logged
 
 
 # ---- reading -------------------------------------------------------------------------------
@@ -252,10 +258,71 @@ def _val_axis(runs: Sequence[TrainingRun]) -> str:
     return "epoch" if ok else "step"
 
 
+def _steps_per_epoch(run: TrainingRun) -> float | None:
+    """Optimizer steps per epoch, from an evaluation that carries both its epoch and step."""
+    for v in run.val:
+        epoch, step = v.get("epoch"), v.get("step")
+        if epoch and step is not None and not math.isnan(step) and epoch > 0:
+            return step / epoch
+    return None
+
+
+def head_accuracy_by_epoch(run: TrainingRun) -> dict[str, list[tuple[int, float, float]]]:
+    """Per logged head: ``(epoch, accuracy, base)``, each the mean over the epoch's logged
+    training steps (``train.log_every_steps`` and each epoch's last step); one bin when the
+    run has no evaluation to tell its epochs apart."""
+    spe = _steps_per_epoch(run)
+    out: dict[str, list[tuple[int, float, float]]] = {}
+    for head in HEADS:
+        acc, base = run.curves.get(f"train/acc_{head}"), run.curves.get(f"train/base_{head}")
+        if not acc or not base:
+            continue
+        bins: dict[int, list[tuple[float, float]]] = defaultdict(list)
+        for (step, a), (_, b) in zip(acc, base, strict=False):
+            if not (math.isnan(a) or math.isnan(b)):
+                bins[max(1, math.ceil(step / spe)) if spe else 1].append((a, b))
+        out[head] = [(e, sum(a for a, _ in v) / len(v), sum(b for _, b in v) / len(v))
+                     for e, v in sorted(bins.items())]  # fmt: skip
+    return out
+
+
+def head_accuracy_markdown(runs: Sequence[TrainingRun]) -> str:
+    """Training accuracy (%) of the ITM, PRD and RTD heads per epoch, per variant (mean over its
+    runs), with what a constant answer scores in parentheses; '' when no run logged any."""
+    table: dict[tuple[str, str], dict[int, list[tuple[float, float]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for run in runs:
+        for head, rows in head_accuracy_by_epoch(run).items():
+            for epoch, acc, base in rows:
+                table[(run.label, head)][epoch].append((acc, base))
+    if not table:
+        return ""
+    epochs = sorted({e for per_epoch in table.values() for e in per_epoch})
+    lines = [
+        "| variant | head | runs | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
+        "|---|---|---|" + "---|" * len(epochs),
+    ]
+    for (label, head), per_epoch in sorted(table.items()):
+        n = max(len(v) for v in per_epoch.values())
+        cells = []
+        for e in epochs:
+            v = per_epoch.get(e)
+            cells.append(
+                f"{100 * sum(a for a, _ in v) / len(v):.1f} ({100 * sum(b for _, b in v) / len(v):.1f})"
+                if v
+                else ""
+            )
+        lines.append(f"| {label} | {head.upper()} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_run_curves(run: TrainingRun, out_stem: str | Path) -> list[Path]:
-    """Losses per objective (log scale), lr and temperature, validation R@1 per evaluation."""
+    """Losses per objective (log scale), lr and temperature, validation R@1 per evaluation,
+    and (when logged) the binary heads' training accuracy beside their constant-answer base."""
     losses = {k: v for k, v in run.curves.items() if k.startswith("train/loss") and v}
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    heads = [h for h in HEADS if run.curves.get(f"train/acc_{h}")]
+    fig, axes = plt.subplots(1, 4 if heads else 3, figsize=(17 if heads else 13, 3.2))
     for name, pts in sorted(losses.items()):
         total = name == "train/loss"
         axes[0].plot(*_xy(pts), lw=1.6 if total else 1, color="k" if total else None,
@@ -281,7 +348,15 @@ def plot_run_curves(run: TrainingRun, out_stem: str | Path) -> list[Path]:
         axes[2].text(0.5, 0.5, "no evaluation", ha="center", va="center", color="0.5",
                      transform=axes[2].transAxes)  # fmt: skip
     axes[2].set_title("validation R@1 (%) per evaluation", fontsize=9)
-    for a, x in zip(axes, ("step", "step", axis), strict=True):
+    for head, color in zip(heads, ("tab:red", "tab:green", "tab:purple"), strict=False):
+        axes[3].plot(*_xy(run.curves[f"train/acc_{head}"]), color=color, lw=1, label=head.upper())
+        base = run.curves.get(f"train/base_{head}")
+        if base:
+            axes[3].plot(*_xy(base), color=color, lw=1, ls="--", alpha=0.6)
+    if heads:
+        axes[3].set_title("head accuracy, training (dashed: constant answer)", fontsize=9)
+        axes[3].legend(fontsize=6)
+    for a, x in zip(axes, ("step", "step", axis, "step"), strict=False):
         a.set_xlabel(x)
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.grid(alpha=0.3)
