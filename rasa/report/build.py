@@ -316,10 +316,12 @@ def fig5_section(
     from rasa.report import figures
 
     index: list[str] = []
+    loaded: list[tuple[str, dict]] = []  # each top-k file read once, for both figures
     for label, path in topk_files:
         stem = "fig5-" + _slug(label)
         try:
             doc = figures.load_topk(path)
+            loaded.append((label, doc))
             root = figures.resolve_image_root(doc, annotations)
             paths = figures.plot_fig5([("", doc)], fig_dir / stem, root, n_queries=n_queries)
         except DataError as exc:
@@ -330,11 +332,7 @@ def fig5_section(
         index.append(f"- Fig. 5 ({label}): [`figures/{stem}.png`](figures/{stem}.png)")
     # As in the paper: one row per model on the same queries, for runs on the same data.
     groups: dict[tuple[str, str], list[tuple[str, dict]]] = {}
-    for label, path in topk_files:
-        try:
-            doc = figures.load_topk(path)
-        except DataError:
-            continue  # already noted above
+    for label, doc in loaded:  # a file that failed to load is already noted above
         groups.setdefault((str(doc.get("image_root")), str(doc.get("split"))), []).append(
             (label, doc)
         )
