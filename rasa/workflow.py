@@ -110,12 +110,6 @@ class _Evaluated:
         return f"{RESULTS}/topk/{self.name}.json"
 
 
-def transfer_name(experiment: str, target: str) -> str:
-    """The name of ``experiment``'s selected checkpoint tested on the dataset ``target`` (Table
-    7); its results are ``results/{metrics,topk}/<name>.json``."""
-    return f"{experiment}--on-{target}"
-
-
 @dataclass(frozen=True)
 class Transfer(_Evaluated):
     """The selected checkpoint of ``experiment`` tested on another dataset (Table 7)."""
@@ -127,7 +121,7 @@ class Transfer(_Evaluated):
 
     @property
     def name(self) -> str:
-        return transfer_name(self.experiment, self.target)
+        return f"{self.experiment}--on-{self.target}"
 
 
 @dataclass(frozen=True)

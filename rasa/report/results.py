@@ -31,7 +31,6 @@ from typing import Any
 from rasa.config import SWEEP_LOSS_KEYS
 from rasa.data.formats import dataset_key
 from rasa.errors import DataError
-from rasa.workflow import transfer_name
 
 # Fig. 4's parameters under every name a run may give them: p_w, p_weak, loss.p_weak, ...
 PARAM_ALIASES = {
@@ -69,13 +68,13 @@ class Run:
 
     @property
     def name(self) -> str | None:
-        """The evaluation's name: the experiment, or for a cross-dataset run the name its
-        files have (:func:`rasa.workflow.transfer_name`)."""
+        """The evaluation's name: the experiment, or ``<experiment>--on-<target>`` for a
+        cross-dataset run (as its files are named, rasa/workflow.py ``Transfer.name``)."""
         experiment = self.meta.get("experiment")
         target = self.meta.get("dataset")
         src = self.source_dataset
         if experiment and src and target and src != target:
-            return transfer_name(experiment, target)
+            return f"{experiment}--on-{target}"
         return experiment
 
     @property
