@@ -329,7 +329,7 @@ def fig5_section(
             index.append(f"- Fig. 5 from `{path}`: skipped ({exc})")
             continue
         report.outputs += paths
-        index.append(f"- Fig. 5 ({label}): [`figures/{stem}.png`](figures/{stem}.png)")
+        index.append(f"- Fig. 5 ({label}): [`figures/{paths[0].name}`](figures/{paths[0].name})")
     # As in the paper: one row per model on the same queries, for runs on the same data.
     groups: dict[tuple[str, str], list[tuple[str, dict]]] = {}
     for label, doc in loaded:  # a file that failed to load is already noted above
@@ -353,8 +353,8 @@ def fig5_section(
             report.notes.append(f"Fig. 5 comparison of {labels} skipped: {exc}")
             continue
         report.outputs += paths
-        index.append(f"- Fig. 5 ({labels}, row by row): [`figures/{stem}.png`]"
-                     f"(figures/{stem}.png)")  # fmt: skip
+        index.append(f"- Fig. 5 ({labels}, row by row): [`figures/{paths[0].name}`]"
+                     f"(figures/{paths[0].name})")  # fmt: skip
     if not topk_files:
         index.append("- Fig. 5: no top-k file among the results.")
     return index
