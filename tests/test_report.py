@@ -198,7 +198,7 @@ def test_fig4_fig5_written(tmp_path):
     _images(tmp_path / "imgs")
     doc = _topk(tmp_path / "imgs")
     paths += figures.plot_fig5([("a", doc), ("b", doc)], tmp_path / "fig5", tmp_path / "imgs")
-    assert [p.suffix for p in paths] == [".png", ".pdf", ".png"]  # Fig. 5: photographs, no PDF
+    assert [p.suffix for p in paths] == [".png", ".pdf", ".jpg"]  # Fig. 5: photographs, JPEG
     assert all(p.stat().st_size > 1000 for p in paths)
     doc["queries"][0]["topk_images"][0] = "missing.png"
     with pytest.raises(DataError, match="missing.png"):
@@ -248,11 +248,11 @@ def test_rasa_report_end_to_end(tmp_path, monkeypatch):
     assert rc == 0
     readme = (out / "README.md").read_text()
     assert "not in a git repository" in readme and "sha256" in readme
-    assert "table1-synth-cuhk-tiny-quick.tex" in readme and "fig5-s0.png" in readme
+    assert "table1-synth-cuhk-tiny-quick.tex" in readme and "fig5-s0.jpg" in readme
     t1 = (out / "tables" / "table1-synth-cuhk-tiny-quick.tex").read_text()
     assert r"20.50\,$\pm$\,0.71" in t1 and "SynthPEDES-CUHK (120 ids, seed 0)" in t1
     assert (out / "tables" / "table4-synth-cuhk-tiny-quick_fragment.tex").is_file()
-    assert (out / "figures" / "fig5-s0.png").stat().st_size > 1000
+    assert (out / "figures" / "fig5-s0.jpg").stat().st_size > 1000
     assert not list(out.rglob(".*.tmp"))  # atomic writes left nothing behind
     comp = pd.read_csv(out / "comparison.csv")
     row = comp[(comp.table.astype(str) == "1") & (comp.metric == "r1")].iloc[0]

@@ -316,10 +316,12 @@ def fig5_section(
     from rasa.report import figures
 
     index: list[str] = []
+    loaded: list[tuple[str, dict]] = []  # each top-k file read once, for both figures
     for label, path in topk_files:
         stem = "fig5-" + _slug(label)
         try:
             doc = figures.load_topk(path)
+            loaded.append((label, doc))
             root = figures.resolve_image_root(doc, annotations)
             paths = figures.plot_fig5([("", doc)], fig_dir / stem, root, n_queries=n_queries)
         except DataError as exc:
@@ -327,14 +329,10 @@ def fig5_section(
             index.append(f"- Fig. 5 from `{path}`: skipped ({exc})")
             continue
         report.outputs += paths
-        index.append(f"- Fig. 5 ({label}): [`figures/{stem}.png`](figures/{stem}.png)")
+        index.append(f"- Fig. 5 ({label}): [`figures/{paths[0].name}`](figures/{paths[0].name})")
     # As in the paper: one row per model on the same queries, for runs on the same data.
     groups: dict[tuple[str, str], list[tuple[str, dict]]] = {}
-    for label, path in topk_files:
-        try:
-            doc = figures.load_topk(path)
-        except DataError:
-            continue  # already noted above
+    for label, doc in loaded:  # a file that failed to load is already noted above
         groups.setdefault((str(doc.get("image_root")), str(doc.get("split"))), []).append(
             (label, doc)
         )
@@ -355,8 +353,8 @@ def fig5_section(
             report.notes.append(f"Fig. 5 comparison of {labels} skipped: {exc}")
             continue
         report.outputs += paths
-        index.append(f"- Fig. 5 ({labels}, row by row): [`figures/{stem}.png`]"
-                     f"(figures/{stem}.png)")  # fmt: skip
+        index.append(f"- Fig. 5 ({labels}, row by row): [`figures/{paths[0].name}`]"
+                     f"(figures/{paths[0].name})")  # fmt: skip
     if not topk_files:
         index.append("- Fig. 5: no top-k file among the results.")
     return index
