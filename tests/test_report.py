@@ -14,7 +14,13 @@ from rasa.cli import main
 from rasa.errors import DataError
 from rasa.report import figures
 from rasa.report.aggregate import aggregate, build_our_tables
-from rasa.report.curves import head_accuracy_by_epoch, plot_run_curves, read_curves, read_run
+from rasa.report.curves import (
+    head_accuracy_by_epoch,
+    head_accuracy_markdown,
+    plot_run_curves,
+    read_curves,
+    read_run,
+)
 from rasa.report.latex import latex_escape, method_label, render_table
 from rasa.report.paper import CSV_PATH, FIG4, KEY, load_paper_results, paper_value, table_frame
 from rasa.report.results import (
@@ -222,6 +228,11 @@ def test_read_curves(tmp_path):
     assert plot_run_curves(run, tmp_path / "c")[0].stat().st_size > 1000  # with a 4th panel
     # no evaluation step to tell epochs apart: one bin; NaN steps (nothing counted) skipped
     assert head_accuracy_by_epoch(run) == {"itm": [(1, 0.5, 0.667)]}
+    (tmp_path / "config.yaml").write_text("variant: m-rtd\n")
+    assert "| m-rtd | ITM | 1 | 50.0 (66.7) |" in head_accuracy_markdown([read_run(tmp_path)])
+    # a Fig. 4 sweep point is not one of the variant's runs at the default setting
+    (tmp_path / "config.yaml").write_text("variant: m-rtd\nsweep: {param: p_w, value: 0.3}\n")
+    assert head_accuracy_markdown([read_run(tmp_path)]) == ""
 
 
 # ---- CLI ----------------------------------------------------------------------------------------

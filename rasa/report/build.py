@@ -559,7 +559,8 @@ def training_runs_section(
             index.append(
                 f"\n### Head accuracy per epoch: {dataset} / {backbone}\n\n"
                 "Training accuracy (%) of the ITM, PRD and RTD heads, the mean over each "
-                "epoch's logged steps and over the variant's runs; in parentheses what one "
+                "epoch's logged steps and over the variant's runs at the default setting "
+                "(Fig. 4's sweep points left out); in parentheses what one "
                 "constant answer scores on the same targets. A head at its parenthesis has "
                 "learnt nothing.\n\n" + table + "\n"
             )

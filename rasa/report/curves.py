@@ -194,7 +194,7 @@ def _run_meta(run_dir: Path) -> dict[str, Any]:
             raise DataError(f"{config}: not valid YAML ({exc}).") from exc
         if not isinstance(cfg, dict):
             raise DataError(f"{config}: expected a mapping (a saved experiment config).")
-        for key in ("dataset", "backbone", "variant", "seed", "method"):
+        for key in ("dataset", "backbone", "variant", "seed", "method", "sweep"):
             if cfg.get(key) is not None:
                 meta.setdefault(key, cfg[key])
         if cfg.get("name"):
@@ -288,11 +288,15 @@ def head_accuracy_by_epoch(run: TrainingRun) -> dict[str, list[tuple[int, float,
 
 def head_accuracy_markdown(runs: Sequence[TrainingRun]) -> str:
     """Training accuracy (%) of the ITM, PRD and RTD heads per epoch, per variant (mean over its
-    runs), with what a constant answer scores in parentheses; '' when no run logged any."""
+    runs), with what a constant answer scores in parentheses; '' when no run logged any. Fig. 4's
+    sweep points (a ``sweep`` in their config) are left out: a variant's row is its runs at the
+    default setting."""
     table: dict[tuple[str, str], dict[int, list[tuple[float, float]]]] = defaultdict(
         lambda: defaultdict(list)
     )
     for run in runs:
+        if run.meta.get("sweep"):
+            continue
         for head, rows in head_accuracy_by_epoch(run).items():
             for epoch, acc, base in rows:
                 table[(run.label, head)][epoch].append((acc, base))
