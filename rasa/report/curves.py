@@ -8,8 +8,8 @@ rasa/weak/train.py):
   ``loss_rtd``; CMMT: ``loss_cl``, ``loss_cmpm``, ``loss_mine``), ``lr``, ``alpha``,
   ``temperature``, and per binary head (``itm``, ``prd``, ``rtd``) ``acc_<head>`` and
   ``base_<head>`` (training accuracy, and what a constant answer scores:
-  rasa/objectives.py ``head_accuracy``); ``curve/plots/metrics/val/<key>.tsv`` per evaluation (``r1`` ...,
-  ``first_stage_r1`` ...). Without dvclive: ``curve/train.csv`` and ``curve/eval.jsonl``.
+  rasa/objectives.py ``head_accuracy``); ``curve/plots/metrics/val/<key>.tsv`` per evaluation
+  (``r1`` ..., ``first_stage_r1`` ...). Without dvclive: ``curve/train.csv`` and ``curve/eval.jsonl``.
 - ``metrics.json`` (written at the end of training): ``val_curve`` = ``[{"epoch", "step",
   "r1", ...}]``, ``meta``; CMMT adds ``pseudo_labels`` = one record per re-clustering,
   ``{"epoch", "seconds", "image": {"clusters", "outliers", "samples", "mplr_rescued", "ari"},
@@ -267,6 +267,11 @@ def _steps_per_epoch(run: TrainingRun) -> float | None:
     return None
 
 
+def _mean_pair(pairs: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """The mean of each member of ``(accuracy, base)`` pairs."""
+    return sum(a for a, _ in pairs) / len(pairs), sum(b for _, b in pairs) / len(pairs)
+
+
 def head_accuracy_by_epoch(run: TrainingRun) -> dict[str, list[tuple[int, float, float]]]:
     """Per logged head: ``(epoch, accuracy, base)``, each the mean over the epoch's logged
     training steps (``train.log_every_steps`` and each epoch's last step); one bin when the
@@ -281,8 +286,7 @@ def head_accuracy_by_epoch(run: TrainingRun) -> dict[str, list[tuple[int, float,
         for (step, a), (_, b) in zip(acc, base, strict=False):
             if not (math.isnan(a) or math.isnan(b)):
                 bins[max(1, math.ceil(step / spe)) if spe else 1].append((a, b))
-        out[head] = [(e, sum(a for a, _ in v) / len(v), sum(b for _, b in v) / len(v))
-                     for e, v in sorted(bins.items())]  # fmt: skip
+        out[head] = [(e, *_mean_pair(v)) for e, v in sorted(bins.items())]
     return out
 
 
@@ -311,12 +315,8 @@ def head_accuracy_markdown(runs: Sequence[TrainingRun]) -> str:
         n = max(len(v) for v in per_epoch.values())
         cells = []
         for e in epochs:
-            v = per_epoch.get(e)
-            cells.append(
-                f"{100 * sum(a for a, _ in v) / len(v):.1f} ({100 * sum(b for _, b in v) / len(v):.1f})"
-                if v
-                else ""
-            )
+            acc, base = _mean_pair(per_epoch[e]) if per_epoch.get(e) else (None, None)
+            cells.append("" if acc is None else f"{100 * acc:.1f} ({100 * base:.1f})")
         lines.append(f"| {label} | {head.upper()} | {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
