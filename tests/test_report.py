@@ -276,8 +276,8 @@ def test_rasa_report_bad_results_dir(tmp_path, capsys):
 
 
 def test_git_commit_ignores_what_the_dag_writes_and_warns_on_code(tmp_path, capsys):
-    """The report's commit: DAG outputs (results/, dvc.lock, ...) do not make it dirty;
-    uncommitted code or params do, loudly."""
+    """The report's commit: DAG outputs (results/, dvc.lock, ...) and prose (notes/, *.md) do
+    not make it dirty; uncommitted code or params do, loudly."""
     import subprocess
 
     from rasa.report.build import git_commit
@@ -287,7 +287,8 @@ def test_git_commit_ignores_what_the_dag_writes_and_warns_on_code(tmp_path, caps
 
     git("init", "-q")
     (tmp_path / "results").mkdir()
-    for f in ("results/m.json", "dvc.lock", "params.yaml"):
+    (tmp_path / "notes").mkdir()
+    for f in ("results/m.json", "dvc.lock", "params.yaml", "notes/n.txt", "README.md"):
         (tmp_path / f).write_text("a\n")
     git("add", "-A")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
@@ -295,6 +296,8 @@ def test_git_commit_ignores_what_the_dag_writes_and_warns_on_code(tmp_path, caps
                           text=True).stdout.strip()  # fmt: skip
     (tmp_path / "results/m.json").write_text("b\n")
     (tmp_path / "dvc.lock").write_text("b\n")
+    (tmp_path / "notes/n.txt").write_text("b\n")
+    (tmp_path / "README.md").write_text("b\n")
     assert git_commit(tmp_path) == head
     assert "WARNING" not in capsys.readouterr().err
     (tmp_path / "params.yaml").write_text("b\n")

@@ -42,14 +42,21 @@ class Report:
 # ---- helpers -------------------------------------------------------------------------------
 # What the DAG itself writes: a change there is the run's output, not uncommitted code or params.
 DAG_OUTPUTS = ("results/", "checkpoints/", "data/", "dvc.lock", "search/")
+# Prose no number is computed from: editing it while the DAG runs does not make a report dirty.
+PROSE = ("notes/", "docs/")
+
+
+def _is_code_or_params(path: str) -> bool:
+    return not (path.startswith(DAG_OUTPUTS + PROSE) or path.endswith(".md"))
 
 
 def git_commit(cwd: str | Path = ".") -> str:
     """``git rev-parse HEAD`` of the code and params that made the report, or a note.
 
     "-dirty" is appended only when a tracked file outside the DAG's own outputs
-    (:data:`DAG_OUTPUTS`) differs from that commit: the report's numbers then come from
-    uncommitted code or params, and a warning naming the files goes to stderr.
+    (:data:`DAG_OUTPUTS`) and prose (:data:`PROSE`, Markdown) differs from that commit: the
+    report's numbers then come from uncommitted code or params, and a warning naming the files
+    goes to stderr.
     """
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
@@ -59,7 +66,7 @@ def git_commit(cwd: str | Path = ".") -> str:
     except (OSError, subprocess.SubprocessError):
         return "(not in a git repository)"
     changed = [line[3:] for line in status.splitlines() if len(line) > 3]
-    code = [f for f in changed if not f.startswith(DAG_OUTPUTS)]
+    code = [f for f in changed if _is_code_or_params(f)]
     if not code:
         return head
     shown = ", ".join(code[:8]) + (f" and {len(code) - 8} more" if len(code) > 8 else "")
