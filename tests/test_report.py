@@ -260,6 +260,7 @@ def test_rasa_report_end_to_end(tmp_path, monkeypatch):
     readme = (out / "README.md").read_text()
     assert "not in a git repository" in readme and "sha256" in readme
     assert "table1-synth-cuhk-tiny-quick.tex" in readme and "fig5-s0.jpg" in readme
+    assert "Not metrics files" not in readme  # the top-k file is Fig. 5's, not a stray
     t1 = (out / "tables" / "table1-synth-cuhk-tiny-quick.tex").read_text()
     assert r"20.50\,$\pm$\,0.71" in t1 and "SynthPEDES-CUHK (120 ids, seed 0)" in t1
     assert (out / "tables" / "table4-synth-cuhk-tiny-quick_fragment.tex").is_file()

@@ -199,7 +199,8 @@ def build_report(
     index += reranking_section(runs)
     if run_dirs:
         index += training_runs_section(run_dirs, out, report, compile_pdf)
-    index += runs_section(runs, skipped)
+    # top-k files are Fig. 5's input, not stray JSON: only the others are listed as skipped
+    index += runs_section(runs, [f for f in skipped if f not in topk_found])
     if report.notes:
         index.append("\n## Notes\n")
         index += [f"- {n}" for n in report.notes]
