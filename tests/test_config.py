@@ -110,3 +110,14 @@ def test_saved_config_round_trips_and_accepts_set(tmp_path, params):
 def test_tokens_filename_is_path_safe():
     assert tokens_filename("wordpiece:2000") == "tokens-wordpiece-2000.npz"
     assert tokens_filename("bert:/models/bert base") == "tokens-bert-models-bert-base.npz"
+
+
+def test_synth_parts_add_up_to_the_synth_suite(params):
+    """The suites that run `synth` in sittings (issue #12) cover its plan exactly, each run once:
+    their reports together stand for `synth`, so a run added to one list must reach the other."""
+    suites = params["suites"]
+    parts = ["synth-table4", "synth-tables23-cmmt", "synth-fig4", "synth-tables568"]
+    runs = [r for p in parts for r in suites[p]]
+    assert len(runs) == len(set(runs)), "a run is in two parts"
+    assert sorted(runs) == sorted(suites["synth"])
+    assert set(suites["synth-core"]) <= set(suites["synth-table4"])
