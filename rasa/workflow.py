@@ -34,11 +34,15 @@ Paths (DESIGN.md, "Workflow and versioning"):
   ``{pretrain.out}/`` (``model.safetensors``, ``tokenizer.json``, ``metrics.json``: committed,
   so a fresh clone fine-tunes without pre-training again; the Snakemake rule marks its inputs
   ``ancient`` for that reason, DVC rebuilds it when a dependency's content changes)
+- assembling (``--config assemble=True``, Snakemake only): a suite's report drawn from the
+  committed metrics, top-k files and reports of its parts (:func:`assembly_parts`), for a suite
+  too long to run in one go; no training or evaluation job is in that DAG
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +54,7 @@ from rasa.config import (
     resolve_pretrained,
     tokens_filename,
 )
-from rasa.errors import ConfigError
+from rasa.errors import ConfigError, DataError
 from rasa.io import write_text
 from rasa.variants import get_variant
 
@@ -339,6 +343,85 @@ def make_plan(params: dict[str, Any], suite: str | None = None) -> Plan:
         if {step.weights, step.tokenizer_file} & reads:
             return Plan(suite, datasets, runs, step)
     return plan
+
+
+def assembly_parts(params: dict[str, Any], suite: str, root: str | Path = ".") -> list[str]:
+    """The report folders (``results/<part>``) an assembled report of ``suite`` is drawn from.
+
+    A suite too long for one session runs in parts (suites whose runs are a subset of it), each
+    with its report ``results/<part>/README.md`` committed beside the metrics and top-k files
+    its runs wrote. Assembling (``--config assemble=True``) reports ``suite`` from those files
+    alone, without checkpoints. A part is every other suite whose runs all belong to ``suite``
+    and whose report exists under ``root``. ConfigError, naming them, when a run of ``suite`` is
+    in no part: its metrics file would have no report recording the commit that made it.
+    """
+    wanted = params["suites"][suite]
+    parts = [
+        name for name, runs in sorted(params["suites"].items())
+        if name != suite and runs and set(runs) <= set(wanted)
+        and (Path(root) / RESULTS / name / "README.md").is_file()
+    ]  # fmt: skip
+    covered = {r for name in parts for r in params["suites"][name]}
+    missing = [r for r in wanted if r not in covered]
+    if missing:
+        candidates = sorted(
+            name for name, runs in params["suites"].items()
+            if name != suite and set(runs) <= set(wanted) and set(runs) & set(missing)
+        )  # fmt: skip
+        raise ConfigError(
+            f"assemble: suite {suite!r} has {len(missing)} run(s) in no part report "
+            f"(results/<part>/README.md): {', '.join(missing[:6])}"
+            + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+            + ". Run the part suite(s) that hold them first"
+            + (f" ({', '.join(candidates)})" if candidates else "")
+            + " and commit their reports, or run the suite itself without assemble."
+        )
+    return [f"{RESULTS}/{name}" for name in parts]
+
+
+def train_inputs_changed(
+    commit: str, params: dict[str, Any], experiments: Sequence[str], cwd: str | Path = "."
+) -> list[str]:
+    """What the training of ``experiments`` depends on that differs between ``commit`` and
+    HEAD: the train stage's code (its ``rasa/`` deps in dvc.yaml), the starting weights, and
+    its params keys (train, loss, eval, cmmt, the backbone, the experiment). Empty: a run made
+    at ``commit`` is the run HEAD would make (its tokenizer and its dataset's spec included).
+    DataError when ``commit`` cannot be read."""
+    import subprocess
+
+    import yaml
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                                  check=True, timeout=30).stdout  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as exc:
+            why = (getattr(exc, "stderr", None) or str(exc)).strip()
+            raise DataError(
+                f"git {' '.join(args)}: cannot read commit {commit!r} ({why})."
+            ) from exc
+
+    stage = yaml.safe_load((Path(cwd) / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["train"]
+    paths = [d for d in stage["do"]["deps"] if not d.startswith("${")]
+    keys: list[str] = [k for k in stage["do"]["params"] if "${" not in k]
+    for exp in experiments:
+        spec = params["experiments"][exp]
+        backbone = params["backbones"][spec["backbone"]]
+        keys += [f"backbones.{spec['backbone']}", f"experiments.{exp}",
+                 f"data.datasets.{spec['dataset']}"]  # fmt: skip
+        weights = spec.get("pretrained", backbone.get("pretrained"))
+        tokenizer = checkpoint_tokenizer_file(spec.get("tokenizer") or backbone["tokenizer"])
+        paths += [p for p in (weights, tokenizer) if isinstance(p, str)]
+    changed = git("diff", "--name-only", commit, "HEAD", "--", *sorted(set(paths))).split()
+    old = yaml.safe_load(git("show", f"{commit}:params.yaml")) or {}
+
+    def get(doc: dict[str, Any], key: str) -> Any:
+        for part in key.split("."):
+            doc = doc.get(part) if isinstance(doc, dict) else None
+        return doc
+
+    changed += [f"params.yaml: {k}" for k in dict.fromkeys(keys) if get(old, k) != get(params, k)]
+    return changed
 
 
 def _dataset(params: dict[str, Any], name: str, root: str, tokenizer: str) -> Dataset:

@@ -17,6 +17,7 @@ index ``README.md``:
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -163,9 +164,11 @@ def build_report(
     n_queries: int = 3,
     training_runs: Sequence[str | Path] | None = None,
     pretrained: str | Path | None = None,
+    parts: Sequence[str | Path] | None = None,
 ) -> Report:
     """Collect the metrics files under ``results`` and write every section into ``out``;
-    ``pretrained``: the export folder of the pre-training the runs start from."""
+    ``pretrained``: the export folder of the pre-training the runs start from; ``parts``: the
+    report folders of the parts an assembled suite was run in (:func:`parts_section`)."""
     from rasa.report.results import find_metrics_files, load_runs
 
     out = Path(out)
@@ -197,6 +200,9 @@ def build_report(
     if pretrained:
         index += pretraining_section(Path(pretrained), out, report)
     index += reranking_section(runs)
+    if parts:
+        index += parts_section([Path(p) for p in parts], runs, params or "params.yaml", out,
+                               report)  # fmt: skip
     if run_dirs:
         index += training_runs_section(run_dirs, out, report, compile_pdf)
     # top-k files are Fig. 5's input, not stray JSON: only the others are listed as skipped
@@ -490,6 +496,74 @@ def pretraining_section(folder: Path, out: Path, report: Report) -> list[str]:
         report.outputs += curves.plot_run_curves(run, stem)
         index.append(f"\nLoss curves per objective and held-out R@1: [`figures/{stem.name}.png`]"
                      f"(figures/{stem.name}.png)")  # fmt: skip
+    return index
+
+
+def part_commit(readme: Path) -> str:
+    """The git commit a committed report recorded (its ``- git commit:`` line)."""
+    if not readme.is_file():
+        raise DataError(f"{readme}: part report not found (results/<part>/README.md).")
+    found = re.search(r"^- git commit: `([^`]+)`", readme.read_text(encoding="utf-8"), re.M)
+    if not found:
+        raise DataError(f"{readme}: expected a '- git commit: `<sha>`' line (a `rasa report`).")
+    return found.group(1)
+
+
+def parts_section(
+    parts: Sequence[Path], runs: Sequence[Run], params_path: str | Path, out: Path, report: Report
+) -> list[str]:
+    """Where an assembled report's runs come from: per part report, its commit and whether the
+    training of its runs at that commit is the training HEAD would do; per run, its curves in
+    the part report that drew them (the checkpoints are not needed, nor kept)."""
+    import yaml
+
+    from rasa.workflow import train_inputs_changed
+
+    params = yaml.safe_load(Path(params_path).read_text(encoding="utf-8"))
+    index = [
+        "\n## Parts\n",
+        "Assembled (`--config assemble=True`) from the committed metrics, top-k files and "
+        "reports of the parts this suite was run in, one session each; no run was trained for "
+        "it. Each part was drawn by the DAG from the commit its report records; the last column "
+        "compares what its runs' training depends on (the train stage's code in dvc.yaml, the "
+        "starting weights and tokenizer, their params keys) at that commit with this one.\n",
+        "| part | runs | commit | training inputs vs this commit |",
+        "|---|---|---|---|",
+    ]
+    drawn_by: dict[str, list[Path]] = {}
+    for part in parts:
+        name, rel = part.name, Path(os.path.relpath(part, out)).as_posix()
+        exps = params["suites"].get(name)
+        if exps is None:
+            raise ConfigError(f"{params_path}: part {part} names no suite {name!r} under suites.")
+        commit = part_commit(part / "README.md")
+        sha = commit.removesuffix("-dirty")
+        changed = train_inputs_changed(sha, params, exps)
+        if commit.endswith("-dirty"):
+            changed.insert(0, "uncommitted code or params (-dirty)")
+        if changed:
+            shown = ", ".join(changed[:5]) + (
+                f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+            )
+            report.notes.append(f"part {part}: its runs' training differs from this commit's "
+                                f"({shown})")  # fmt: skip
+            print(f"WARNING: part {part} (commit {commit}) trained with other inputs than this "
+                  f"commit: {shown}", file=sys.stderr)  # fmt: skip
+        verdict = f"**differ**: {', '.join(changed)}" if changed else "the same"
+        index.append(f"| [`{name}`]({rel}/README.md) | {len(exps)} | `{sha[:12]}` | "
+                     f"{verdict} |")  # fmt: skip
+        for exp in exps:
+            drawn_by.setdefault(exp, []).append(part)
+    index.append("\nTraining curves of each run, in the part report(s) that drew it:\n")
+    for exp in sorted({r.get("experiment") for r in runs if r.get("experiment")}):
+        if exp not in drawn_by:  # a transfer's metrics: its source run is listed
+            continue
+        fig = f"figures/curves-{_slug(exp)}.png"
+        links = [
+            f"[`{part.name}`]({Path(os.path.relpath(part, out)).as_posix()}/{fig})"
+            for part in drawn_by[exp] if (part / fig).is_file()
+        ]  # fmt: skip
+        index.append(f"- {exp}: " + (", ".join(links) or "no curve figure in its part report"))
     return index
 
 

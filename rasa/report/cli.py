@@ -18,6 +18,11 @@ and ``tables/pseudo-labels-<experiment>[_fragment].tex`` (ARI per epoch, also in
 README); per (dataset, backbone) ``figures/val-r1-<dataset>-<backbone>`` comparing the runs'
 validation R@1. A run directory without curve data is noted and skipped.
 
+``--parts`` names, for a suite assembled from parts run in separate sessions (Snakemake
+``--config assemble=True``), the parts' committed report folders: a "Parts" section gives each
+part's commit and whether its runs' training inputs match this commit's, and links each run's
+curves in its part report.
+
 The report itself is :func:`rasa.report.build.build_report` (one function per section).
 """
 
@@ -56,6 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", nargs="*", default=None, metavar="DIR",
                    help="training run directories (checkpoints/<experiment>): training curves, "
                    "CMMT pseudo-label quality, validation R@1 per (dataset, backbone)")  # fmt: skip
+    p.add_argument("--parts", nargs="*", default=None, metavar="DIR",
+                   help="an assembled suite: the committed report folders (results/<part>) of "
+                   "the parts it was run in; per part its commit and whether its training "
+                   "matches this commit's, per run a link to its curves there")  # fmt: skip
     p.add_argument("--pretrained", metavar="DIR",
                    help="export folder of the pre-training the runs start from (`rasa "
                    "pretrain --export`): its held-out figures and curves")  # fmt: skip
@@ -77,6 +86,7 @@ def _report(args: argparse.Namespace) -> int:
         n_queries=args.queries,
         training_runs=args.runs,
         pretrained=args.pretrained,
+        parts=args.parts,
     )
     print(f"report: {len(made.outputs)} files in {args.out} (index: {made.readme})")
     for note in made.notes:

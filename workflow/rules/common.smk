@@ -6,7 +6,7 @@ import sys
 
 from snakemake.utils import validate
 
-from rasa.workflow import make_plan
+from rasa.workflow import assembly_parts, make_plan
 
 validate(config, "../schemas/params.schema.yaml")
 
@@ -14,6 +14,9 @@ PARAMS = "params.yaml"
 ENV = "../../environment.yml"  # used with --software-deployment-method conda
 RASA = f"{sys.executable} -m rasa"
 PLAN = make_plan(config, config.get("suite"))
+# --config assemble=True: the suite's report from its parts' committed results (no training)
+ASSEMBLE = bool(config.get("assemble", False))
+PARTS = assembly_parts(config, PLAN.suite) if ASSEMBLE else []
 
 DEFAULT_RESOURCES = {"threads": 1, "mem_mb": 4000, "runtime": 60, "gpus": 0}
 
