@@ -181,6 +181,9 @@ def test_sweep_points_from_meta_and_name():
     assert series == {"p_w": {0.1: [4.0], 0.3: [1.0, 2.0]}, "p_m": {0.3: [4.0], 0.5: [3.0]}}
     with pytest.raises(DataError, match="unknown sweep parameter"):
         sweep_point(run_from_record(record(sweep={"param": "lr", "value": 1})))
+    # a suite of sweep points without the default run (it lies in another part): no empty point
+    only_sweeps = runs[:3]
+    assert figures.sweep_series(only_sweeps) == {"p_w": {0.3: [1.0, 2.0]}, "p_m": {0.5: [3.0]}}
 
 
 def _images(root, n=12):

@@ -74,7 +74,7 @@ def sweep_series(
         elif run.get("variant") == "m-rtd":
             defaults.append(run)
     swept = {p for p, _ in points}
-    for param in swept:
+    for param in swept if defaults else ():  # a suite of sweep points only has no default
         key = (param, FIG4[param].default)
         points[key] = points.get(key, []) + defaults
     out: dict[str, dict[float, list[float]]] = defaultdict(dict)
