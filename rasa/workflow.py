@@ -379,14 +379,20 @@ def assembly_parts(params: dict[str, Any], suite: str, root: str | Path = ".") -
     return [f"{RESULTS}/{name}" for name in parts]
 
 
-def train_inputs_changed(
+# The DVC stages a run's test metrics come out of, from its dataset to its evaluation (the
+# pre-trained export it starts from is compared as files: its weights and tokenizer).
+RUN_STAGES = ("synth", "fetch", "parse", "tokenize", "generator", "train", "evaluate", "transfer")
+
+
+def run_inputs_changed(
     commit: str, params: dict[str, Any], experiments: Sequence[str], cwd: str | Path = "."
 ) -> list[str]:
-    """What the training of ``experiments`` depends on that differs between ``commit`` and
-    HEAD: the train stage's code (its ``rasa/`` deps in dvc.yaml), the starting weights, and
-    its params keys (train, loss, eval, cmmt, the backbone, the experiment). Empty: a run made
-    at ``commit`` is the run HEAD would make (its tokenizer and its dataset's spec included).
-    DataError when ``commit`` cannot be read."""
+    """What the runs of ``experiments`` depend on that differs between ``commit`` and HEAD:
+    the code of the stages their metrics come out of (:data:`RUN_STAGES`, their ``rasa/`` deps
+    in dvc.yaml: data generation and parsing, tokenizing, training, evaluation), the starting
+    weights and tokenizer, and those stages' params keys (train, loss, eval, cmmt, the
+    backbone, the experiment, its dataset). Empty: a run made at ``commit`` is the run HEAD
+    would make. DataError when ``commit`` cannot be read."""
     import subprocess
 
     import yaml
@@ -401,9 +407,14 @@ def train_inputs_changed(
                 f"git {' '.join(args)}: cannot read commit {commit!r} ({why})."
             ) from exc
 
-    stage = yaml.safe_load((Path(cwd) / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["train"]
-    paths = [d for d in stage["do"]["deps"] if not d.startswith("${")]
-    keys: list[str] = [k for k in stage["do"]["params"] if "${" not in k]
+    stages = yaml.safe_load((Path(cwd) / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    paths: list[str] = []
+    keys: list[str] = []
+    for name in RUN_STAGES:  # a run's metrics come out of these stages
+        body = stages.get(name, {})
+        body = body.get("do", body)
+        paths += [d for d in body.get("deps", []) if not d.startswith("${")]
+        keys += [k for k in body.get("params", []) if "${" not in k]
     for exp in experiments:
         spec = params["experiments"][exp]
         backbone = params["backbones"][spec["backbone"]]

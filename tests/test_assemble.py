@@ -1,6 +1,6 @@
 """A suite too long for one session, assembled from the committed results of its parts: the
 parts must cover it, the DAG trains nothing, and the report says from which commit each part
-came and whether its training inputs match this commit's."""
+came and whether its runs' inputs match this commit's."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import yaml
 from rasa.config import load_params
 from rasa.errors import ConfigError, DataError
 from rasa.report.build import part_commit
-from rasa.workflow import assembly_parts, make_plan, train_inputs_changed
+from rasa.workflow import assembly_parts, make_plan, run_inputs_changed
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -64,24 +64,21 @@ def test_part_commit_reads_the_report_line_or_names_the_file(tmp_path):
         part_commit(tmp_path / "b" / "README.md")
 
 
-def test_train_inputs_changed_sees_code_weights_and_params_between_commits(tmp_path):
-    """A real repository with two commits: a change to the train stage's code, its starting
-    weights or its params keys is reported; suites, prose and other experiments are not."""
+def test_run_inputs_changed_sees_code_weights_and_params_between_commits(tmp_path):
+    """A real repository with commits: a change to the code of a stage a run comes out of (data
+    generation, training), its starting weights or tokenizer, or its params keys is reported;
+    suites, prose, report code and other experiments are not."""
     _git(tmp_path, "init", "-q")
     _git(tmp_path, "config", "user.email", "t@t")
     _git(tmp_path, "config", "user.name", "t")
-    dvc = {
-        "stages": {
-            "train": {
-                "foreach": "${grid.runs}",
-                "do": {
-                    "cmd": "rasa train",
-                    "deps": ["${item.tokens}", "rasa/engine", "rasa/models"],
-                    "params": ["train", "loss", "backbones.${item.backbone}", "experiments.${key}"],
-                },
-            }
-        }
-    }
+    dvc = {"stages": {
+        "synth": {"foreach": "${grid.synth}", "do": {
+            "cmd": "rasa data synth", "deps": ["rasa/data/synth.py"], "params": []}},
+        "train": {"foreach": "${grid.runs}", "do": {
+            "cmd": "rasa train", "deps": ["${item.tokens}", "rasa/engine", "rasa/models"],
+            "params": ["train", "loss", "backbones.${item.backbone}", "experiments.${key}"]}},
+        "report": {"cmd": "rasa report", "deps": ["rasa/report"]},
+    }}  # fmt: skip
     params = {
         "data": {"datasets": {"d": {"source": "synth"}}},
         "backbones": {"tiny": {"tokenizer": "checkpoint:w/model.safetensors",
@@ -93,6 +90,7 @@ def test_train_inputs_changed_sees_code_weights_and_params_between_commits(tmp_p
     }  # fmt: skip
     files = {"dvc.yaml": yaml.safe_dump(dvc), "params.yaml": yaml.safe_dump(params),
              "rasa/engine/loop.py": "x = 1\n", "rasa/report/build.py": "y = 1\n",
+             "rasa/data/synth.py": "z = 1\n",
              "w/model.safetensors": "weights", "w/tokenizer.json": "{}", "notes.md": "a\n"}  # fmt: skip
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +104,7 @@ def test_train_inputs_changed_sees_code_weights_and_params_between_commits(tmp_p
             (tmp_path / name).write_text(text)
         _git(tmp_path, "commit", "-qam", "next")
         now = yaml.safe_load((tmp_path / "params.yaml").read_text())
-        return train_inputs_changed(first, now, ["a"], cwd=tmp_path)
+        return run_inputs_changed(first, now, ["a"], cwd=tmp_path)
 
     # prose, report code, a new suite and another experiment's params: the same training
     params["suites"]["more"] = ["a", "b"]
@@ -118,8 +116,9 @@ def test_train_inputs_changed_sees_code_weights_and_params_between_commits(tmp_p
     changed = commit(**{"rasa/engine/loop.py": "x = 2\n", "w/tokenizer.json": "{\"v\": 2}",
                         "params.yaml": yaml.safe_dump(params)})  # fmt: skip
     assert changed == ["rasa/engine/loop.py", "w/tokenizer.json", "params.yaml: train"]
+    assert commit(**{"rasa/data/synth.py": "z = 2\n"})[0] == "rasa/data/synth.py"  # the data
     with pytest.raises(DataError, match="cannot read commit"):
-        train_inputs_changed("f" * 40, params, ["a"], cwd=tmp_path)
+        run_inputs_changed("f" * 40, params, ["a"], cwd=tmp_path)
 
 
 def _assembly_tree(tmp_path: Path, parts: dict[str, list[str]], write_metrics: bool = True):

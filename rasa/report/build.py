@@ -517,7 +517,7 @@ def parts_section(
     the part report that drew them (the checkpoints are not needed, nor kept)."""
     import yaml
 
-    from rasa.workflow import train_inputs_changed
+    from rasa.workflow import run_inputs_changed
 
     params = yaml.safe_load(Path(params_path).read_text(encoding="utf-8"))
     index = [
@@ -525,9 +525,10 @@ def parts_section(
         "Assembled (`--config assemble=True`) from the committed metrics, top-k files and "
         "reports of the parts this suite was run in, one session each; no run was trained for "
         "it. Each part was drawn by the DAG from the commit its report records; the last column "
-        "compares what its runs' training depends on (the train stage's code in dvc.yaml, the "
-        "starting weights and tokenizer, their params keys) at that commit with this one.\n",
-        "| part | runs | commit | training inputs vs this commit |",
+        "compares what its runs depend on (the code of the stages from data to evaluation in "
+        "dvc.yaml, the starting weights and tokenizer, those stages' params keys) at that "
+        "commit with this one.\n",
+        "| part | runs | commit | run inputs vs this commit |",
         "|---|---|---|---|",
     ]
     drawn_by: dict[str, list[Path]] = {}
@@ -538,17 +539,17 @@ def parts_section(
             raise ConfigError(f"{params_path}: part {part} names no suite {name!r} under suites.")
         commit = part_commit(part / "README.md")
         sha = commit.removesuffix("-dirty")
-        changed = train_inputs_changed(sha, params, exps)
+        changed = run_inputs_changed(sha, params, exps)
         if commit.endswith("-dirty"):
             changed.insert(0, "uncommitted code or params (-dirty)")
         if changed:
             shown = ", ".join(changed[:5]) + (
                 f" and {len(changed) - 5} more" if len(changed) > 5 else ""
             )
-            report.notes.append(f"part {part}: its runs' training differs from this commit's "
+            report.notes.append(f"part {part}: its runs' inputs differ from this commit's "
                                 f"({shown})")  # fmt: skip
-            print(f"WARNING: part {part} (commit {commit}) trained with other inputs than this "
-                  f"commit: {shown}", file=sys.stderr)  # fmt: skip
+            print(f"WARNING: part {part} (commit {commit}) made its runs from other inputs than "
+                  f"this commit: {shown}", file=sys.stderr)  # fmt: skip
         verdict = f"**differ**: {', '.join(changed)}" if changed else "the same"
         index.append(f"| [`{name}`]({rel}/README.md) | {len(exps)} | `{sha[:12]}` | "
                      f"{verdict} |")  # fmt: skip

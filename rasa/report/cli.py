@@ -20,7 +20,7 @@ validation R@1. A run directory without curve data is noted and skipped.
 
 ``--parts`` names, for a suite assembled from parts run in separate sessions (Snakemake
 ``--config assemble=True``), the parts' committed report folders: a "Parts" section gives each
-part's commit and whether its runs' training inputs match this commit's, and links each run's
+part's commit and whether its runs' inputs (code, weights, params) match this commit's, and links each run's
 curves in its part report.
 
 The report itself is :func:`rasa.report.build.build_report` (one function per section).
