@@ -512,9 +512,9 @@ def part_commit(readme: Path) -> str:
 def parts_section(
     parts: Sequence[Path], runs: Sequence[Run], params_path: str | Path, out: Path, report: Report
 ) -> list[str]:
-    """Where an assembled report's runs come from: per part report, its commit and whether the
-    training of its runs at that commit is the training HEAD would do; per run, its curves in
-    the part report that drew them (the checkpoints are not needed, nor kept)."""
+    """Where an assembled report's runs come from: per part report, its commit and whether its
+    runs' inputs at that commit are HEAD's (:func:`rasa.workflow.run_inputs_changed`); per run,
+    its curves in the part report that drew it (the checkpoints are not needed, nor kept)."""
     import yaml
 
     from rasa.workflow import run_inputs_changed

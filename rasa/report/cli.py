@@ -20,8 +20,8 @@ validation R@1. A run directory without curve data is noted and skipped.
 
 ``--parts`` names, for a suite assembled from parts run in separate sessions (Snakemake
 ``--config assemble=True``), the parts' committed report folders: a "Parts" section gives each
-part's commit and whether its runs' inputs (code, weights, params) match this commit's, and links each run's
-curves in its part report.
+part's commit and whether its runs' inputs (code, weights, params) match this commit's, and
+links each run's curves in its part report.
 
 The report itself is :func:`rasa.report.build.build_report` (one function per section).
 """
@@ -63,8 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "CMMT pseudo-label quality, validation R@1 per (dataset, backbone)")  # fmt: skip
     p.add_argument("--parts", nargs="*", default=None, metavar="DIR",
                    help="an assembled suite: the committed report folders (results/<part>) of "
-                   "the parts it was run in; per part its commit and whether its training "
-                   "matches this commit's, per run a link to its curves there")  # fmt: skip
+                   "the parts it was run in; per part its commit and whether its runs' inputs "
+                   "match this commit's, per run a link to its curves there")  # fmt: skip
     p.add_argument("--pretrained", metavar="DIR",
                    help="export folder of the pre-training the runs start from (`rasa "
                    "pretrain --export`): its held-out figures and curves")  # fmt: skip
