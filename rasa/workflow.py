@@ -42,7 +42,6 @@ Paths (DESIGN.md, "Workflow and versioning"):
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -385,14 +384,15 @@ RUN_STAGES = ("synth", "fetch", "parse", "tokenize", "generator", "train", "eval
 
 
 def run_inputs_changed(
-    commit: str, params: dict[str, Any], experiments: Sequence[str], cwd: str | Path = "."
+    commit: str, params: dict[str, Any], suite: str, cwd: str | Path = "."
 ) -> list[str]:
-    """What the runs of ``experiments`` depend on that differs between ``commit`` and HEAD:
-    the code of the stages their metrics come out of (:data:`RUN_STAGES`, their ``rasa/`` deps
-    in dvc.yaml: data generation and parsing, tokenizing, training, evaluation), the starting
-    weights and tokenizer, and those stages' params keys (train, loss, eval, cmmt, the
-    backbone, the experiment, its dataset). Empty: a run made at ``commit`` is the run HEAD
-    would make. DataError when ``commit`` cannot be read."""
+    """What the runs of ``suite`` depend on that differs between ``commit`` and HEAD: the code
+    of the stages their metrics come out of (:data:`RUN_STAGES`, their ``rasa/`` deps in
+    dvc.yaml: data generation and parsing, tokenizing, training, evaluation), the starting
+    weights and tokenizer as the plan resolves them, and those stages' params keys (train,
+    loss, eval, cmmt, the backbone, the experiment, its dataset and its transfers' targets).
+    Empty: a run made at ``commit`` is the run HEAD would make. DataError when ``commit``
+    cannot be read."""
     import subprocess
 
     import yaml
@@ -415,14 +415,11 @@ def run_inputs_changed(
         body = body.get("do", body)
         paths += [d for d in body.get("deps", []) if not d.startswith("${")]
         keys += [k for k in body.get("params", []) if "${" not in k]
-    for exp in experiments:
-        spec = params["experiments"][exp]
-        backbone = params["backbones"][spec["backbone"]]
-        keys += [f"backbones.{spec['backbone']}", f"experiments.{exp}",
-                 f"data.datasets.{spec['dataset']}"]  # fmt: skip
-        weights = spec.get("pretrained", backbone.get("pretrained"))
-        tokenizer = checkpoint_tokenizer_file(spec.get("tokenizer") or backbone["tokenizer"])
-        paths += [p for p in (weights, tokenizer) if isinstance(p, str)]
+    for run in make_plan(params, suite).runs.values():
+        datasets = [run.dataset, *(t.target for t in run.transfers)]
+        keys += [f"backbones.{run.backbone}", f"experiments.{run.experiment}"]
+        keys += [f"data.datasets.{d}" for d in datasets]
+        paths += [p for p in (run.weights, checkpoint_tokenizer_file(run.tokenizer)) if p]
     changed = git("diff", "--name-only", commit, "HEAD", "--", *sorted(set(paths))).split()
     old = yaml.safe_load(git("show", f"{commit}:params.yaml")) or {}
 

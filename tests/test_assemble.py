@@ -16,7 +16,12 @@ import yaml
 from rasa.config import load_params
 from rasa.errors import ConfigError, DataError
 from rasa.report.build import part_commit
-from rasa.workflow import assembly_parts, make_plan, run_inputs_changed
+from rasa.workflow import (
+    assembly_parts,
+    checkpoint_tokenizer_file,
+    make_plan,
+    run_inputs_changed,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -66,8 +71,9 @@ def test_part_commit_reads_the_report_line_or_names_the_file(tmp_path):
 
 def test_run_inputs_changed_sees_code_weights_and_params_between_commits(tmp_path):
     """A real repository with commits: a change to the code of a stage a run comes out of (data
-    generation, training), its starting weights or tokenizer, or its params keys is reported;
-    suites, prose, report code and other experiments are not."""
+    generation, training), its starting weights or tokenizer, or its params keys (a transfer's
+    target dataset included) is reported; suites, prose, report code and other experiments are
+    not."""
     _git(tmp_path, "init", "-q")
     _git(tmp_path, "config", "user.email", "t@t")
     _git(tmp_path, "config", "user.name", "t")
@@ -79,19 +85,16 @@ def test_run_inputs_changed_sees_code_weights_and_params_between_commits(tmp_pat
             "params": ["train", "loss", "backbones.${item.backbone}", "experiments.${key}"]}},
         "report": {"cmd": "rasa report", "deps": ["rasa/report"]},
     }}  # fmt: skip
-    params = {
-        "data": {"datasets": {"d": {"source": "synth"}}},
-        "backbones": {"tiny": {"tokenizer": "checkpoint:w/model.safetensors",
-                               "pretrained": "w/model.safetensors"}},
-        "train": {"lr": 1e-4}, "loss": {"itm": 1.0},
-        "experiments": {"a": {"backbone": "tiny", "dataset": "d"},
-                        "b": {"backbone": "tiny", "dataset": "d", "seed": 1}},
-        "suites": {"quick": ["a"]},
-    }  # fmt: skip
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    exp = "synth-cuhk-300-tiny-m-rtd-seed0"  # tested on synth-icfg-300 too (Table 7)
+    params["suites"]["part"] = [exp]
+    (run,) = make_plan(params, "part").runs.values()
+    target = run.transfers[0].target
+    tokenizer = checkpoint_tokenizer_file(run.tokenizer)
     files = {"dvc.yaml": yaml.safe_dump(dvc), "params.yaml": yaml.safe_dump(params),
              "rasa/engine/loop.py": "x = 1\n", "rasa/report/build.py": "y = 1\n",
-             "rasa/data/synth.py": "z = 1\n",
-             "w/model.safetensors": "weights", "w/tokenizer.json": "{}", "notes.md": "a\n"}  # fmt: skip
+             "rasa/data/synth.py": "z = 1\n", run.weights: "weights", tokenizer: "{}",
+             "notes.md": "a\n"}  # fmt: skip
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
@@ -104,21 +107,25 @@ def test_run_inputs_changed_sees_code_weights_and_params_between_commits(tmp_pat
             (tmp_path / name).write_text(text)
         _git(tmp_path, "commit", "-qam", "next")
         now = yaml.safe_load((tmp_path / "params.yaml").read_text())
-        return run_inputs_changed(first, now, ["a"], cwd=tmp_path)
+        return run_inputs_changed(first, now, "part", cwd=tmp_path)
 
-    # prose, report code, a new suite and another experiment's params: the same training
-    params["suites"]["more"] = ["a", "b"]
-    params["experiments"]["b"]["seed"] = 2
+    # prose, report code, a new suite and another experiment's params: the same runs
+    params["suites"]["more"] = [exp, "synth-cuhk-300-tiny-cl-seed1"]
+    params["experiments"]["synth-cuhk-300-tiny-cl-seed1"]["seed"] = 7
     assert commit(**{"notes.md": "b\n", "rasa/report/build.py": "y = 2\n",
                      "params.yaml": yaml.safe_dump(params)}) == []  # fmt: skip
     # the train stage's code, the tokenizer beside the weights, a params key it reads
-    params["train"]["lr"] = 2e-4
-    changed = commit(**{"rasa/engine/loop.py": "x = 2\n", "w/tokenizer.json": "{\"v\": 2}",
+    params["train"]["lr"] *= 2
+    changed = commit(**{"rasa/engine/loop.py": "x = 2\n", tokenizer: "{\"v\": 2}",
                         "params.yaml": yaml.safe_dump(params)})  # fmt: skip
-    assert changed == ["rasa/engine/loop.py", "w/tokenizer.json", "params.yaml: train"]
-    assert commit(**{"rasa/data/synth.py": "z = 2\n"})[0] == "rasa/data/synth.py"  # the data
+    assert changed == sorted(["rasa/engine/loop.py", tokenizer]) + ["params.yaml: train"]
+    # the data: its generation code, and the spec of the dataset a transfer is tested on
+    params["data"]["datasets"][target]["seed"] += 1
+    changed = commit(**{"rasa/data/synth.py": "z = 2\n", "params.yaml": yaml.safe_dump(params)})
+    code = sorted(["rasa/data/synth.py", "rasa/engine/loop.py", tokenizer])
+    assert changed == code + ["params.yaml: train", f"params.yaml: data.datasets.{target}"]
     with pytest.raises(DataError, match="cannot read commit"):
-        run_inputs_changed("f" * 40, params, ["a"], cwd=tmp_path)
+        run_inputs_changed("f" * 40, params, "part", cwd=tmp_path)
 
 
 def _assembly_tree(tmp_path: Path, parts: dict[str, list[str]], write_metrics: bool = True):

@@ -531,7 +531,7 @@ def parts_section(
         "| part | runs | commit | run inputs vs this commit |",
         "|---|---|---|---|",
     ]
-    drawn_by: dict[str, list[Path]] = {}
+    drawn_by: dict[str, list[tuple[Path, str]]] = {}  # run -> (part, its path from ``out``)
     for part in parts:
         name, rel = part.name, Path(os.path.relpath(part, out)).as_posix()
         exps = params["suites"].get(name)
@@ -539,7 +539,7 @@ def parts_section(
             raise ConfigError(f"{params_path}: part {part} names no suite {name!r} under suites.")
         commit = part_commit(part / "README.md")
         sha = commit.removesuffix("-dirty")
-        changed = run_inputs_changed(sha, params, exps)
+        changed = run_inputs_changed(sha, params, name)
         if commit.endswith("-dirty"):
             changed.insert(0, "uncommitted code or params (-dirty)")
         if changed:
@@ -554,16 +554,14 @@ def parts_section(
         index.append(f"| [`{name}`]({rel}/README.md) | {len(exps)} | `{sha[:12]}` | "
                      f"{verdict} |")  # fmt: skip
         for exp in exps:
-            drawn_by.setdefault(exp, []).append(part)
+            drawn_by.setdefault(exp, []).append((part, rel))
     index.append("\nTraining curves of each run, in the part report(s) that drew it:\n")
     for exp in sorted({r.get("experiment") for r in runs if r.get("experiment")}):
         if exp not in drawn_by:  # a transfer's metrics: its source run is listed
             continue
         fig = f"figures/curves-{_slug(exp)}.png"
-        links = [
-            f"[`{part.name}`]({Path(os.path.relpath(part, out)).as_posix()}/{fig})"
-            for part in drawn_by[exp] if (part / fig).is_file()
-        ]  # fmt: skip
+        links = [f"[`{part.name}`]({rel}/{fig})" for part, rel in drawn_by[exp]
+                 if (part / fig).is_file()]  # fmt: skip
         index.append(f"- {exp}: " + (", ".join(links) or "no curve figure in its part report"))
     return index
 
