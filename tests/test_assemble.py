@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from test_workflow import _snakemake
 
 from rasa.config import load_params
 from rasa.errors import ConfigError, DataError
@@ -24,13 +24,6 @@ from rasa.workflow import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
-
-def _snakemake(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "snakemake"), *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
 
 
 def _git(cwd: Path, *args: str) -> str:
