@@ -16,6 +16,9 @@ With it: the held-out ITM figures exactly as `rasa.engine.pretrain.heldout_itm` 
 config), split by consistent and inconsistent negatives, and the loss of an ideal head on the
 same pairs: probability 0 for inconsistent negatives and, for positives and consistent
 negatives, which it cannot tell apart, their share n_pos / (n_pos + n_consistent).
+`heldout_itm` on main batches the held-out captions in table order; with PYTHONPATH set to a
+checkout of branch explore-j (d0a507e), it shuffles them as training does, and the script
+splits that instead.
 """
 
 from __future__ import annotations
@@ -114,31 +117,6 @@ def ideal_loss(n_pos: int, n_consistent: int, n_negatives: int) -> float:
     return -(n_pos * math.log(p) + n_consistent * math.log(1 - p)) / (n_pos + n_negatives)
 
 
-def shuffled_view(ann, cache, seed: int):
-    """The held-out records alone, in a seeded random order, with the token cache rows to
-    match: heldout_itm then batches them as a shuffled training loader would, instead of in
-    table order (where a person's other images sit next to each other). Returns the view and
-    the new order of the held-out images and of their captions (positions in table order)."""
-    from rasa.data.annotations import Annotations
-    from rasa.data.token_cache import TokenCache, captions_sha256
-
-    rows, start, k = [], [], 0
-    for i, rec in enumerate(ann.records):
-        if rec.split == "val":
-            rows.append(i)
-            start.append(k)
-        k += len(rec.captions)
-    first = np.cumsum([0] + [len(ann.records[i].captions) for i in rows])
-    order = np.random.default_rng(seed).permutation(len(rows))
-    records = [ann.records[rows[j]] for j in order]
-    flat = np.concatenate([start[j] + np.arange(len(ann.records[rows[j]].captions)) for j in order])
-    caption_order = np.concatenate([first[j] + np.arange(first[j + 1] - first[j]) for j in order])
-    view = Annotations(ann.dataset, ann.image_root, records, ann.source)
-    meta = {**cache.meta, "captions_sha256": captions_sha256(c for _, _, c in view.captions())}
-    view_cache = TokenCache(cache.ids[flat], cache.mask[flat], meta, cache.path, cache._tokenizer)
-    return view, view_cache, order, caption_order
-
-
 def breakdown(model, ann, cfg, cache, ok: np.ndarray, person: np.ndarray) -> dict:
     """heldout_itm's figures on ``ann``'s held-out pairs, its in-batch and hardest negatives
     split by consistency (``ok``/``person`` in ``ann``'s order)."""
@@ -192,7 +170,7 @@ def breakdown(model, ann, cfg, cache, ok: np.ndarray, person: np.ndarray) -> dic
     return out
 
 
-def model_figures(checkpoint: str, ok: np.ndarray, person: np.ndarray, seed: int) -> dict:
+def model_figures(checkpoint: str, ok: np.ndarray, person: np.ndarray) -> dict:
     import torch
 
     from rasa.config import ExperimentConfig
@@ -207,13 +185,7 @@ def model_figures(checkpoint: str, ok: np.ndarray, person: np.ndarray, seed: int
     model = RaSaModel(ModelConfig.from_dict(state["model_config"]))
     model.load_state_dict(weights)
     ann, cache = Annotations.load(cfg.annotations), load_cache(cfg.tokens)
-    view, view_cache, images, captions = shuffled_view(ann, cache, seed)
-    return {
-        "table_order": breakdown(model, ann, cfg, cache, ok, person),
-        "shuffled": breakdown(
-            model, view, cfg, view_cache, ok[captions][:, images], person[captions][:, images]
-        ),
-    }
+    return breakdown(model, ann, cfg, cache, ok, person)
 
 
 def main() -> None:
@@ -221,14 +193,13 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--checkpoint", help="a pre-training export or checkpoint_last.pt")
     ap.add_argument("--batch", type=int, default=32, help="heldout_itm's batch (train.batch_size)")
-    ap.add_argument("--seed", type=int, default=0, help="of the shuffled order")
     args = ap.parse_args()
     spec = CorpusSpec.from_params(load_params(args.params))
     images, captions = heldout_plan(spec)
     ok = consistency(images, captions)
     out = {"plan": plan_figures(images, captions, ok, args.batch)}
     if args.checkpoint:
-        out.update(model_figures(args.checkpoint, ok, same_person(images, captions), args.seed))
+        out.update(model_figures(args.checkpoint, ok, same_person(images, captions)))
     print(json.dumps(out, indent=1))
 
 

@@ -311,19 +311,24 @@ def test_git_commit_ignores_what_the_dag_writes_and_warns_on_code(tmp_path, caps
 
 def test_first_stage_vs_reranked_table_and_run_columns():
     """Per variant over seeds: first stage, re-ranked at the share of the gallery and at k_test,
-    and the gains; one-stage variants (cl, k = 0) are left out; the runs table has both."""
+    and the gains; one-stage variants (cl, k = 0) are left out; the runs table has both.
+    Transfers and sweep points get rows of their own."""
     from rasa.report.build import reranking_section, runs_section
 
-    def two_stage(seed, first, share, at_k, variant="m-rtd", k=128):
-        rec = record(r1=at_k, seed=seed, variant=variant)
+    def two_stage(seed, first, share, at_k, variant="m-rtd", k=128, **meta):
+        rec = record(r1=at_k, seed=seed, variant=variant, **meta)
         rec.update(k=k, first_stage={"r1": first})
         if k:  # rasa evaluate re-ranks at the share only with an ITM head
             rec["at_fraction"] = {"r1": share, "k": 10}
         return run_from_record(rec, f"{variant}-{seed}.json")
 
     runs = [two_stage(0, 40.0, 44.0, 43.0), two_stage(1, 42.0, 43.0, 46.0),
-            two_stage(0, 47.0, 47.0, 47.0, variant="cl", k=0)]  # fmt: skip
+            two_stage(0, 47.0, 47.0, 47.0, variant="cl", k=0),
+            two_stage(0, 30.0, 33.0, 31.0, dataset="synth-icfg", source_dataset="synth-cuhk"),
+            two_stage(0, 50.0, 51.0, 52.0, sweep={"param": "p_w", "value": 0.3})]  # fmt: skip
     table = "\n".join(reranking_section(runs))
+    assert "| synth-cuhk->synth-icfg | tiny | rasa | m-rtd | 1 | 30.00 | 33.00 (10) |" in table
+    assert "| synth-cuhk | tiny | rasa | m-rtd (p_w = 0.3) | 1 | 50.00 | 51.00 (10) |" in table
     row = next(line for line in table.splitlines() if "| m-rtd |" in line)
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[4] == "2"  # n

@@ -408,7 +408,8 @@ def runs_section(runs: Sequence[Run], skipped: Sequence[str]) -> list[str]:
 
 def reranking_section(runs: Sequence[Run]) -> list[str]:
     """Per dataset, backbone and variant (mean ± std over seeds): R@1 of the first stage, and
-    re-ranked by ITM at the paper's share of the gallery and at ``eval.k_test``."""
+    re-ranked by ITM at the paper's share of the gallery and at ``eval.k_test``. Transfers
+    (Table 7) and sweep points (Fig. 4) get rows of their own."""
     from rasa.report.aggregate import aggregate, dedupe_seeds
 
     def fmt(values: list[float]) -> str:
@@ -417,12 +418,18 @@ def reranking_section(runs: Sequence[Run]) -> list[str]:
             return "--"
         return f"{c.mean:.2f}" + (f" ± {c.std:.2f}" if c.std is not None else "")
 
+    from rasa.report.results import sweep_point
+
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
-        reranked = "first_r1" in r.values and r.get("k_test")  # variants with ITM
-        if reranked and not r.source_dataset and not r.get("sweep"):
-            key = (r.dataset, r.get("backbone"), r.method, r.get("variant"))
-            groups.setdefault(key, []).append(r)
+        if "first_r1" in r.values and r.get("k_test"):  # variants with ITM
+            # a Table 7 transfer is a dataset of its own ("trained->tested", Run.dataset), a
+            # Fig. 4 point a variant of its own
+            point = sweep_point(r)
+            variant = (
+                f"{r.get('variant')} ({point[0]} = {point[1]:g})" if point else r.get("variant")
+            )
+            groups.setdefault((r.dataset, r.get("backbone"), r.method, variant), []).append(r)
     if not groups:
         return []
     index = [
