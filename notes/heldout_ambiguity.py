@@ -11,6 +11,8 @@ of navy and light blue) and unmentioned attributes are ignored, so consistency i
 true share of indistinguishable negatives is at least what this counts.
 
 Without ``--checkpoint``: per held-out caption, how many other held-out images are consistent.
+``--train-sample N`` studies N training images the same way (has the head learnt or
+memorised?).
 With it: the held-out ITM figures exactly as `rasa.engine.pretrain.heldout_itm` computes them
 (its in-batch and hardest negatives, the run's corpus and token cache from the checkpoint's
 config), split by consistent and inconsistent negatives, and the loss of an ideal head on the
@@ -35,12 +37,26 @@ from rasa.data.synth import SynthConfig, _is_weak, _plan
 from rasa.data.synth_attrs import attribute_value
 
 
-def heldout_plan(spec: CorpusSpec) -> tuple[list[dict], list[dict]]:
-    """(held-out images, held-out captions) in the annotation table's order. An image: its
-    identity's attributes, visible keys and view; a caption: its image's position and mentions."""
+def chosen_images(spec: CorpusSpec, n_items: int, train_sample: int) -> np.ndarray:
+    """Which corpus images to study: the held-out ones, or (``train_sample`` > 0) that many
+    training images drawn with numpy's default_rng(0), to compare what the model has seen."""
+    held = heldout_mask(n_items, spec.heldout, spec.seed)
+    if not train_sample:
+        return held
+    chosen = np.zeros(n_items, dtype=bool)
+    chosen[np.random.default_rng(0).choice(np.flatnonzero(~held), train_sample, replace=False)] = 1
+    return chosen
+
+
+def heldout_plan(
+    spec: CorpusSpec, train_sample: int = 0
+) -> tuple[list[dict], list[dict], np.ndarray]:
+    """(images, captions, chosen) of the images :func:`chosen_images` picks, in the annotation
+    table's order. An image: its identity's attributes, visible keys and view; a caption: its
+    image's position and mentions; ``chosen``: the mask over the corpus images."""
     cfg = SynthConfig()
     items = plan_corpus(spec, cfg)["items"]
-    held = heldout_mask(len(items), spec.heldout, spec.seed)
+    held = chosen_images(spec, len(items), train_sample)
     plans = {p: _plan(p, spec.ids[p], spec.seed, cfg) for p in spec.ids}
     mentions = {
         (p, c["image"], c["text"]): c["mentions"] for p, plan in plans.items()
@@ -59,7 +75,7 @@ def heldout_plan(spec: CorpusSpec) -> tuple[list[dict], list[dict]]:
             captions.append({
                 "image": len(images) - 1, "mentions": mentions[(it["preset"], it["index"], text)]
             })  # fmt: skip
-    return images, captions
+    return images, captions, held
 
 
 def consistency(images: list[dict], captions: list[dict]) -> np.ndarray:
@@ -170,7 +186,24 @@ def breakdown(model, ann, cfg, cache, ok: np.ndarray, person: np.ndarray) -> dic
     return out
 
 
-def model_figures(checkpoint: str, ok: np.ndarray, person: np.ndarray) -> dict:
+def as_heldout(ann, cache, chosen: np.ndarray):
+    """The table restricted to the ``chosen`` images, all in split ``val`` (what heldout_itm
+    reads), with the token cache rows to match."""
+    from rasa.data.annotations import Annotations, Record
+    from rasa.data.token_cache import TokenCache, captions_sha256
+
+    records, rows, k = [], [], 0
+    for rec, pick in zip(ann.records, chosen, strict=True):
+        if pick:
+            records.append(Record(rec.image, rec.pid, "val", rec.captions))
+            rows += range(k, k + len(rec.captions))
+        k += len(rec.captions)
+    view = Annotations(ann.dataset, ann.image_root, records, ann.source)
+    meta = {**cache.meta, "captions_sha256": captions_sha256(c for _, _, c in view.captions())}
+    return view, TokenCache(cache.ids[rows], cache.mask[rows], meta, cache.path, cache._tokenizer)
+
+
+def model_figures(checkpoint: str, ok: np.ndarray, person: np.ndarray, chosen: np.ndarray) -> dict:
     import torch
 
     from rasa.config import ExperimentConfig
@@ -184,7 +217,7 @@ def model_figures(checkpoint: str, ok: np.ndarray, person: np.ndarray) -> dict:
     cfg = ExperimentConfig.from_dict(state["config"])
     model = RaSaModel(ModelConfig.from_dict(state["model_config"]))
     model.load_state_dict(weights)
-    ann, cache = Annotations.load(cfg.annotations), load_cache(cfg.tokens)
+    ann, cache = as_heldout(Annotations.load(cfg.annotations), load_cache(cfg.tokens), chosen)
     return breakdown(model, ann, cfg, cache, ok, person)
 
 
@@ -193,13 +226,16 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--checkpoint", help="a pre-training export or checkpoint_last.pt")
     ap.add_argument("--batch", type=int, default=32, help="heldout_itm's batch (train.batch_size)")
+    ap.add_argument("--train-sample", type=int, default=0,
+                    help="study this many training images instead of the held-out ones")  # fmt: skip
     args = ap.parse_args()
     spec = CorpusSpec.from_params(load_params(args.params))
-    images, captions = heldout_plan(spec)
+    images, captions, chosen = heldout_plan(spec, args.train_sample)
     ok = consistency(images, captions)
     out = {"plan": plan_figures(images, captions, ok, args.batch)}
     if args.checkpoint:
-        out.update(model_figures(args.checkpoint, ok, same_person(images, captions)))
+        person = same_person(images, captions)
+        out.update(model_figures(args.checkpoint, ok, person, chosen))
     print(json.dumps(out, indent=1))
 
 
