@@ -329,6 +329,8 @@ def test_first_stage_vs_reranked_table_and_run_columns():
     table = "\n".join(reranking_section(runs))
     assert "| synth-cuhk->synth-icfg | tiny | rasa | m-rtd | 1 | 30.00 | 33.00 (10) |" in table
     assert "| synth-cuhk | tiny | rasa | m-rtd (p_w = 0.3) | 1 | 50.00 | 51.00 (10) |" in table
+    rows = [line.split("|")[1:5] for line in table.splitlines() if line.startswith("| synth")]
+    assert [r[3].strip() for r in rows] == ["m-rtd", "m-rtd (p_w = 0.3)", "m-rtd"]  # cuhk, ->icfg
     row = next(line for line in table.splitlines() if "| m-rtd |" in line)
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[4] == "2"  # n

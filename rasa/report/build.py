@@ -411,14 +411,13 @@ def reranking_section(runs: Sequence[Run]) -> list[str]:
     re-ranked by ITM at the paper's share of the gallery and at ``eval.k_test``. Transfers
     (Table 7) and sweep points (Fig. 4) get rows of their own."""
     from rasa.report.aggregate import aggregate, dedupe_seeds
+    from rasa.report.results import sweep_point
 
     def fmt(values: list[float]) -> str:
         c = aggregate(values)
         if c is None:
             return "--"
         return f"{c.mean:.2f}" + (f" ± {c.std:.2f}" if c.std is not None else "")
-
-    from rasa.report.results import sweep_point
 
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
@@ -442,7 +441,9 @@ def reranking_section(runs: Sequence[Run]) -> list[str]:
         "| re-ranked, k_test (k) | gain, share | gain, k_test |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (dataset, backbone, method, variant), group in sorted(groups.items(), key=str):
+    # a variant before its sweep points, a dataset before its transfers (a prefix sorts first)
+    order = sorted(groups.items(), key=lambda item: tuple(str(x) for x in item[0]))
+    for (dataset, backbone, method, variant), group in order:
         group = dedupe_seeds(group)
 
         def cell(key: str, group: list[Run] = group) -> str:
