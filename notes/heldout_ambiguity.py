@@ -56,7 +56,7 @@ def heldout_plan(
     image's position and mentions; ``chosen``: the mask over the corpus images."""
     cfg = SynthConfig()
     items = plan_corpus(spec, cfg)["items"]
-    held = chosen_images(spec, len(items), train_sample)
+    chosen = chosen_images(spec, len(items), train_sample)
     plans = {p: _plan(p, spec.ids[p], spec.seed, cfg) for p in spec.ids}
     mentions = {
         (p, c["image"], c["text"]): c["mentions"] for p, plan in plans.items()
@@ -64,7 +64,7 @@ def heldout_plan(
     }  # fmt: skip
     images, captions = [], []
     for n, it in enumerate(items):
-        if not held[n]:
+        if not chosen[n]:
             continue
         img = plans[it["preset"]]["images"][it["index"]]
         images.append({
@@ -75,7 +75,7 @@ def heldout_plan(
             captions.append({
                 "image": len(images) - 1, "mentions": mentions[(it["preset"], it["index"], text)]
             })  # fmt: skip
-    return images, captions, held
+    return images, captions, chosen
 
 
 def consistency(images: list[dict], captions: list[dict]) -> np.ndarray:
