@@ -81,15 +81,14 @@ def heldout_plan(
 def consistency(images: list[dict], captions: list[dict]) -> np.ndarray:
     """[captions, images] bool: the caption is as true of the image as of its own."""
     out = np.zeros((len(captions), len(images)), dtype=bool)
+    keys = sorted({k for c in captions for k in c["mentions"] if k != "view"})
+    values = [{k: attribute_value(img["attributes"], k) for k in keys} for img in images]
     for t, cap in enumerate(captions):
         own = images[cap["image"]]
-        keys = [k for k in cap["mentions"] if k != "view"]
-        want = [attribute_value(own["attributes"], k) for k in keys]
+        want = [(k, values[cap["image"]][k]) for k in cap["mentions"] if k != "view"]
         for g, img in enumerate(images):
-            if _is_weak(cap["mentions"], own, img):
-                continue
-            out[t, g] = all(attribute_value(img["attributes"], k) == v
-                            for k, v in zip(keys, want, strict=True))  # fmt: skip
+            if not _is_weak(cap["mentions"], own, img):
+                out[t, g] = all(values[g][k] == v for k, v in want)
     return out
 
 
@@ -100,13 +99,13 @@ def same_person(images: list[dict], captions: list[dict]) -> np.ndarray:
     return person[own][:, None] == person[None, :]
 
 
-def plan_figures(images, captions, ok: np.ndarray, batch: int) -> dict:
+def plan_figures(images, captions, ok: np.ndarray, person: np.ndarray, batch: int) -> dict:
     t = len(captions)
     own = np.array([c["image"] for c in captions])
     other = ok.copy()
     other[np.arange(t), own] = False
     n_other = other.sum(1)
-    others_of_person = same_person(images, captions)
+    others_of_person = person.copy()
     others_of_person[np.arange(t), own] = False
     # in-batch: captions in table order, `batch` at a time, as heldout_itm draws them
     in_batch = []
@@ -231,10 +230,9 @@ def main() -> None:
     args = ap.parse_args()
     spec = CorpusSpec.from_params(load_params(args.params))
     images, captions, chosen = heldout_plan(spec, args.train_sample)
-    ok = consistency(images, captions)
-    out = {"plan": plan_figures(images, captions, ok, args.batch)}
+    ok, person = consistency(images, captions), same_person(images, captions)
+    out = {"plan": plan_figures(images, captions, ok, person, args.batch)}
     if args.checkpoint:
-        person = same_person(images, captions)
         out.update(model_figures(args.checkpoint, ok, person, chosen))
     print(json.dumps(out, indent=1))
 
