@@ -35,6 +35,17 @@ def pick_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def numerics() -> dict[str, Any]:
+    """What a run's floats depend on beyond its inputs: the thread count, the torch version and
+    the CPU vector ISA torch's kernels dispatch to (AVX2 and AVX512 kernels round differently:
+    the same seed trains to other weights on another CPU; notes/pretrain_recipe.md)."""
+    return {
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__.split("+")[0],
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators."""
     random.seed(seed)

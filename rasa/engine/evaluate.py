@@ -45,7 +45,7 @@ from rasa.data.dataset import ImageDataset, split_captions
 from rasa.data.formats import datasets_with_protocol
 from rasa.data.token_cache import TokenCache, load_cache
 from rasa.engine.checkpoint import unwrap
-from rasa.engine.device import pick_device
+from rasa.engine.device import numerics, pick_device
 from rasa.engine.metrics import (
     METRIC_KEYS,
     class_average,
@@ -562,6 +562,7 @@ def evaluate_checkpoint(
         dtype=dtype,
         resize=resize,
         device=str(resolve_device(device)),
+        **numerics(),
     )
     if dataset and dataset != info.get("dataset"):
         info.update(source_dataset=info.get("dataset"), dataset=dataset)

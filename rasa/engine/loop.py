@@ -64,6 +64,7 @@ from rasa.engine.checkpoint import (
     unwrap,
 )
 from rasa.engine.curves import CurveLogger
+from rasa.engine.device import numerics
 from rasa.engine.evaluate import evaluate_split
 from rasa.engine.metrics import flat_metrics
 from rasa.engine.optim import Schedule, alpha_at
@@ -421,6 +422,7 @@ class TrainingRun:
         metrics["meta"].update(
             experiment=cfg.name, dataset=cfg.dataset, backbone=cfg.backbone, variant=cfg.variant,
             seed=cfg.seed, checkpoint=str(out / (BEST if record["best"] else LAST)),
+            **numerics(),
         )  # fmt: skip
         metrics.update(extra)
         metrics["meta"].update(meta)

@@ -49,6 +49,7 @@ from rasa.config import (
 )
 from rasa.data.tokenizer import TOKENIZER_FILE
 from rasa.engine.checkpoint import unwrap
+from rasa.engine.device import numerics
 from rasa.engine.loop import TrainingRun
 from rasa.engine.metrics import flat_metrics
 from rasa.errors import ConfigError, DataError
@@ -123,9 +124,11 @@ def heldout_itm(model: torch.nn.Module, ann: Any, cfg: Any, cache: Any, split: s
     Three sets of pairs, each with every caption and its own image as the matches:
 
     - ``itm_*`` as the training loss draws them: the held-out pairs in batches of
-      ``train.batch_size`` (table order), per caption one image and per image one caption of
-      another pair of the batch drawn ∝ softmax(similarity / τ) (:func:`sample_hard_negatives`,
-      a fixed generator), or uniformly under ``loss.itm_negatives: random``;
+      ``train.batch_size``, shuffled as the training loader shuffles (a fixed generator: in
+      table order a batch would hold the corpus's other images of a caption's person, which
+      a shuffled training batch almost never does), per caption one image and per image one
+      caption of another pair of the batch drawn ∝ softmax(similarity / τ)
+      (:func:`sample_hard_negatives`), or uniformly under ``loss.itm_negatives: random``;
     - ``itm_*_hardest``: each caption with its most similar other image of the whole held-out
       gallery and each image with its most similar caption of another image (the negatives
       re-ranking meets; at this ratio, always answering "no match" costs about 0.68);
@@ -162,8 +165,9 @@ def heldout_itm(model: torch.nn.Module, ann: Any, cfg: Any, cache: Any, split: s
     temp = float(inner.temperature())
     random = (cfg.loss or {}).get("itm_negatives") == "random"
     batch_txt, batch_img = [], []
+    order = torch.randperm(t, generator=rng)
     for s in range(0, t, cfg.train.batch_size):
-        rows = torch.arange(s, min(s + cfg.train.batch_size, t))
+        rows = order[s : s + cfg.train.batch_size]
         sim = sims[rows][:, own[rows]] / temp  # [b, b] caption x the batch's images
         if random:
             sim = torch.zeros_like(sim)
@@ -243,7 +247,7 @@ class PretrainRun(TrainingRun):
                     "backbone": self.cfg.backbone, "variant": self.cfg.variant,
                     "seed": self.cfg.seed, "split": "val (held-out corpus pairs)",
                     "checkpoint": str(export / EXPORT_WEIGHTS),
-                    "threads": torch.get_num_threads(), "torch": torch.__version__,
+                    **numerics(),
                 },
             }  # fmt: skip
             record = {"step": self.step, "epoch": self.epoch, "heldout": flat_metrics(heldout)}
@@ -294,7 +298,7 @@ def export_pretrained(
     write_export(
         export / EXPORT_WEIGHTS, weights, cache.tokenizer_record(),
         model_config=inner.config.to_dict(), config=cfg.to_dict(), record=record,
-        threads=torch.get_num_threads(), torch=torch.__version__.split("+")[0],
+        **numerics(),
     )  # fmt: skip
     write_json(export / "metrics.json", metrics)
     if export.resolve() != run_dir.resolve():
